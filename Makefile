@@ -1,0 +1,37 @@
+# tf-switch: `make demo` runs the main job, `make test` runs the whole suite.
+# Both create .venv and install the package (editable) on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup test demo lint bench clean
+
+$(VENV)/.installed: setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadfile tests tf_switch
+
+demo: setup
+	$(PY) -m tf_switch.demo
+
+lint: setup
+	$(PY) -m ruff check tf_switch tests benchmarks
+	$(PY) -m ruff format --check tf_switch tests benchmarks
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) benchmarks/layer_speed.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,33 @@
+"""Package metadata for tf-switch."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tf-switch",
+    version="0.1.0",
+    description="The Switch Transformer (sparse Mixture-of-Experts) as Keras 3 "
+    "layers on TensorFlow.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["tf_switch", "tf_switch.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "tensorflow~=2.20.0",
+        "keras>=3.10",
+        "tensorflow-text~=2.20.0",
+        "tensorflow-serving-api~=2.20.0",
+        "numpy",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist", "hypothesis>=6", "ruff"],
+        # The peer we benchmark against: TF Model Garden's MoeLayer.
+        "bench": ["tf-models-official==2.20.0"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,201 @@
+"""The Switch feed-forward layer: router, dispatch, experts, combine."""
+
+import inspect
+
+import keras
+import tensorflow as tf
+
+from tf_switch import dispatch as dispatch_lib
+from tf_switch.layers.expert_ffn import ExpertFFN
+from tf_switch.layers.switch_router import SwitchRouter
+
+# Arguments that SwitchFFN forwards to its SwitchRouter.
+ROUTER_ARGUMENTS = tuple(
+    name
+    for name in inspect.signature(SwitchRouter.__init__).parameters
+    if name not in ("self", "num_experts", "kernel_initializer", "kwargs")
+)
+
+
+@keras.saving.register_keras_serializable(package="tf_switch")
+class SwitchFFN(keras.layers.Layer):
+    """A sparse Switch feed-forward layer, a drop-in for a transformer's FFN.
+
+    Tokens are split into groups of static size; in each group a
+    `SwitchRouter` assigns tokens to expert slots, the tokens are dispatched
+    to N `ExpertFFN` experts, and each token's output is its experts' outputs
+    scaled by their router probabilities: y = p_i(x) E_i(x) for top-1 (paper
+    Eq. 2). A token that no expert took (over capacity, or padding) outputs
+    exactly 0, so the residual connection carries it (§2.2).
+
+    Args:
+        num_experts: N.
+        intermediate_dim: each expert's hidden width.
+        activation: `"relu"`, `"gelu"` or `"gated-gelu"`.
+        expert_dropout: dropout inside the experts.
+        use_bias: per-expert biases; default False.
+        group_size: tokens per routing group. None (default): each sequence of
+            a `[batch, length, hidden]` input is its own group, so a
+            sequence's output never depends on the rest of its batch. An int:
+            all tokens of the call are flattened in order and cut into groups
+            of that size; a last incomplete group is padded with masked tokens
+            that take no slot and count for no loss (outputs are unaffected).
+            Capacity is per group, so larger groups drop fewer tokens.
+        dispatch: `"gather"` (default; linear in tokens, fastest on CPU/GPU)
+            or `"einsum"` (one-hot matmuls, TPU-friendly; cost grows with
+            `group_size`). Same outputs and gradients.
+        kernel_initializer: for router and experts; default
+            `SwitchInitializer()` (std sqrt(0.1 / fan_in)).
+        **kwargs: any `SwitchRouter` argument (`top_k`, `routing`,
+            `capacity_factor`, `eval_capacity_factor`, `min_capacity`,
+            `batch_prioritized_routing`, `causal`, `jitter_noise`,
+            `load_balance_loss_weight`, `router_z_loss_weight`,
+            `per_expert_metrics`, `seed`), then `keras.layers.Layer` ones.
+
+    Call arguments:
+        inputs: `[..., hidden_dim]`; `[batch, length, hidden_dim]` with a
+            static length when `group_size` is None.
+        padding_mask: optional bool, `inputs.shape[:-1]`; false marks padding.
+        training: Python bool.
+        return_router_stats: also return the router's statistics (see
+            `SwitchRouter`), for custom training loops.
+
+    Returns:
+        Same shape as `inputs`; with `return_router_stats=True`, a tuple
+        `(outputs, stats)`.
+
+    Example:
+
+    >>> ffn = SwitchFFN(num_experts=4, intermediate_dim=64, capacity_factor=1.0)
+    >>> x = keras.random.normal((2, 16, 32))
+    >>> y, stats = ffn(x, training=True, return_router_stats=True)
+    >>> y.shape, sorted(stats)[:2]
+    (TensorShape([2, 16, 32]), ['dropped_fraction', 'expert_fraction'])
+
+    References:
+        Fedus, Zoph & Shazeer, "Switch Transformers", arXiv 2101.03961, §2.
+    """
+
+    def __init__(
+        self,
+        num_experts,
+        intermediate_dim,
+        activation="relu",
+        expert_dropout=0.0,
+        use_bias=False,
+        group_size=None,
+        dispatch="gather",
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        router_kwargs = {k: kwargs.pop(k) for k in ROUTER_ARGUMENTS if k in kwargs}
+        super().__init__(**kwargs)
+        if dispatch not in dispatch_lib.DISPATCH_METHODS:
+            raise ValueError(
+                "Invalid value received for argument `dispatch`. Expected one of "
+                f"{dispatch_lib.DISPATCH_METHODS}. Received: dispatch={dispatch!r}"
+            )
+        if group_size is not None and (
+            not isinstance(group_size, int) or group_size < 1
+        ):
+            raise ValueError(
+                "Invalid value received for argument `group_size`. Expected a "
+                f"positive int or None. Received: group_size={group_size!r}"
+            )
+        self.group_size = group_size
+        self.dispatch = dispatch
+        self.supports_masking = True
+        self.router = SwitchRouter(
+            num_experts,
+            kernel_initializer=kernel_initializer,
+            dtype=self.dtype_policy,
+            name=f"{self.name}_router",
+            **router_kwargs,
+        )
+        self.experts = ExpertFFN(
+            num_experts,
+            intermediate_dim,
+            activation=activation,
+            expert_dropout=expert_dropout,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            dtype=self.dtype_policy,
+            name="experts",
+        )
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        tokens_per_group = self.group_size or input_shape[-2]
+        self.router.build((None, tokens_per_group, hidden_dim))
+        self.experts.build((self.router.num_experts, None, hidden_dim))
+
+    def _to_groups(self, inputs, padding_mask):
+        """Cuts `[..., d]` tokens into `[G, T, d]` groups and a `[G, T]` mask."""
+        hidden_dim = inputs.shape[-1]
+        if padding_mask is None:
+            padding_mask = tf.ones(tf.shape(inputs)[:-1], dtype=tf.bool)
+        padding_mask = tf.cast(padding_mask, tf.bool)
+        if self.group_size is None:
+            if inputs.shape.rank != 3 or inputs.shape[1] is None:
+                raise ValueError(
+                    "With group_size=None each sequence is a routing group, so "
+                    "inputs must be [batch, length, hidden] with a static "
+                    f"length. Received inputs of shape {inputs.shape}. Pass "
+                    "group_size=... to route flattened tokens in fixed groups."
+                )
+            return inputs, padding_mask
+        tokens = tf.reshape(inputs, [-1, hidden_dim])
+        mask = tf.reshape(padding_mask, [-1])
+        num_tokens = tf.shape(tokens)[0]
+        num_padding = -num_tokens % self.group_size
+        tokens = tf.pad(tokens, [[0, num_padding], [0, 0]])
+        mask = tf.pad(mask, [[0, num_padding]], constant_values=False)
+        return (
+            tf.reshape(tokens, [-1, self.group_size, hidden_dim]),
+            tf.reshape(mask, [-1, self.group_size]),
+        )
+
+    def call(self, inputs, padding_mask=None, training=None, return_router_stats=False):
+        if padding_mask is not None and padding_mask.shape.rank != inputs.shape.rank - 1:
+            raise ValueError(
+                "`padding_mask` must have the shape of `inputs` without the "
+                f"last axis. Received inputs {inputs.shape}, padding_mask "
+                f"{padding_mask.shape}."
+            )
+        groups, group_mask = self._to_groups(inputs, padding_mask)
+        tokens_per_group = groups.shape[1]
+        decision = self.router(groups, padding_mask=group_mask, training=training)
+        expert_inputs = dispatch_lib.dispatch(groups, decision, self.dispatch)
+        expert_outputs = self.experts(expert_inputs, training=training)
+        outputs = dispatch_lib.combine(
+            expert_outputs, decision, tokens_per_group, self.dispatch
+        )  # [G, T, d]
+        if self.group_size is not None:
+            num_tokens = tf.reduce_prod(tf.shape(inputs)[:-1])
+            outputs = tf.reshape(outputs, [-1, inputs.shape[-1]])[:num_tokens]
+            outputs = tf.reshape(outputs, tf.shape(inputs))
+            outputs.set_shape(inputs.shape)
+        if return_router_stats:
+            return outputs, decision["stats"]
+        return outputs
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        router_config = self.router.get_config()
+        config.update({k: router_config[k] for k in ROUTER_ARGUMENTS})
+        config.update(
+            {
+                "num_experts": self.router.num_experts,
+                "intermediate_dim": self.experts.intermediate_dim,
+                "activation": self.experts.activation,
+                "expert_dropout": self.experts.expert_dropout,
+                "use_bias": self.experts.use_bias,
+                "group_size": self.group_size,
+                "dispatch": self.dispatch,
+                "kernel_initializer": router_config["kernel_initializer"],
+            }
+        )
+        return config

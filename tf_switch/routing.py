@@ -1,0 +1,223 @@
+"""Routing math for Switch layers, as small pure functions.
+
+Every function here runs in float32 (paper §2.4, "selective precision": routing
+in bfloat16 diverged) and keeps all shapes static so that XLA can compile it.
+
+Notation: G groups, T tokens per group, N experts, C expert capacity (slots per
+expert per group), k choices per token.
+
+A routing decision is expressed per expert *slot*, which both dispatch
+implementations (`tf_switch.dispatch`) consume:
+
+- `slot_token`: `<int32>[G, N, C]`, the token (index into the group) that fills
+  each slot; 0 for an empty slot.
+- `slot_weight`: `<float32>[G, N, C]`, the router probability that scales the
+  expert's output for that slot; 0 for an empty slot.
+- `slot_mask`: `<bool>[G, N, C]`, whether the slot holds a token.
+
+Reference: Fedus, Zoph & Shazeer, "Switch Transformers", arXiv 2101.03961.
+"""
+
+import math
+
+import tensorflow as tf
+
+
+def expert_capacity(tokens_per_group, num_experts, capacity_factor, min_capacity):
+    """Number of slots per expert and group, a Python int.
+
+    C = ceil(capacity_factor * T / N), at least `min_capacity`, at most T
+    (paper §2.2, Eq. 3). `capacity_factor=None` means dropless: C = T, so no
+    token is ever dropped.
+
+    Example:
+
+    >>> expert_capacity(128, 8, 1.25, 4)
+    20
+    >>> expert_capacity(128, 8, None, 4)
+    128
+    """
+    if capacity_factor is None:
+        return tokens_per_group
+    capacity = math.ceil(capacity_factor * tokens_per_group / num_experts)
+    return min(max(capacity, min_capacity), tokens_per_group)
+
+
+def masked_mean(values, mask, axis=None):
+    """Mean of `values` over entries where `mask` is true (0 if none)."""
+    mask = tf.cast(mask, values.dtype)
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(values * mask, axis=axis), tf.reduce_sum(mask, axis=axis)
+    )
+
+
+def expert_fraction(expert_index, num_experts, mask):
+    """f_i: fraction of the valid tokens whose top-1 expert is i.
+
+    Counted before capacity drops tokens (paper Eq. 5).
+
+    Args:
+        expert_index: `<int32>[G, T]`, each token's argmax expert.
+        num_experts: N.
+        mask: `<bool>[G, T]`, false for padding tokens.
+
+    Returns:
+        `<float32>[N]`, sums to 1 when any token is valid.
+    """
+    one_hot = tf.one_hot(expert_index, num_experts, dtype=tf.float32)  # [G, T, N]
+    return masked_mean(one_hot, mask[..., None], axis=(0, 1))
+
+
+def load_balancing_loss(router_probs, expert_index, mask):
+    """Switch auxiliary loss N * sum_i f_i * P_i, unweighted (paper Eq. 4-6).
+
+    Equals 1 when routing is perfectly balanced. Computed over all valid tokens
+    of one layer call; padding tokens count for neither f nor P.
+
+    Args:
+        router_probs: `<float32>[G, T, N]`.
+        expert_index: `<int32>[G, T]`, each token's argmax expert.
+        mask: `<bool>[G, T]`.
+
+    Returns:
+        `<float32>[]`.
+    """
+    num_experts = router_probs.shape[-1]
+    fraction = expert_fraction(expert_index, num_experts, mask)  # [N]
+    mean_prob = masked_mean(router_probs, mask[..., None], axis=(0, 1))  # [N]
+    return num_experts * tf.reduce_sum(fraction * mean_prob)
+
+
+def router_z_loss(router_logits, mask):
+    """ST-MoE router z-loss: mean over valid tokens of logsumexp(logits)^2.
+
+    Unweighted; arXiv 2202.08906, Eq. 5.
+
+    Args:
+        router_logits: `<float32>[G, T, N]`.
+        mask: `<bool>[G, T]`.
+
+    Returns:
+        `<float32>[]`.
+    """
+    log_z = tf.reduce_logsumexp(router_logits, axis=-1)  # [G, T]
+    return masked_mean(tf.square(log_z), mask)
+
+
+def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized):
+    """Top-k tokens-choose routing with per-expert capacity (k=1 is Switch).
+
+    Each token picks its k most probable experts. Each expert takes at most
+    `capacity` of the choices made for it, in priority order: all first
+    choices before any second choice (GShard), and within a rank by sequence
+    order, or, with `batch_prioritized`, by the token's top-1 probability,
+    highest first (paper Appendix D; leaks the future, so not for causal use).
+    Choices beyond capacity are dropped: the layer outputs 0 for them.
+
+    Args:
+        router_probs: `<float32>[G, T, N]`.
+        top_k: k, a Python int.
+        capacity: C, a Python int.
+        mask: `<bool>[G, T]`; padding tokens take no slot.
+        batch_prioritized: Python bool.
+
+    Returns:
+        A dict with the slot tensors (`slot_token`, `slot_weight`,
+        `slot_mask`, see the module docstring) and `kept`, `<bool>[G, T, k]`,
+        whether each valid choice got a slot (false for padding).
+    """
+    num_groups = tf.shape(router_probs)[0]
+    tokens_per_group, num_experts = router_probs.shape[1], router_probs.shape[2]
+    gates, experts = tf.math.top_k(router_probs, k=top_k)  # [G, T, k] each
+    token_index = tf.broadcast_to(
+        tf.range(tokens_per_group, dtype=tf.int32)[None, :], tf.shape(mask)
+    )  # [G, T]
+    if batch_prioritized:
+        order = tf.argsort(gates[..., 0], axis=-1, direction="DESCENDING", stable=True)
+        gates = tf.gather(gates, order, batch_dims=1)
+        experts = tf.gather(experts, order, batch_dims=1)
+        token_index = tf.gather(token_index, order, batch_dims=1)
+        mask = tf.gather(mask, order, batch_dims=1)
+    # Rank-major order: [G, k, T] flattened to [G, k*T], so that every token's
+    # first choice comes before any token's second choice.
+    gates = tf.reshape(tf.transpose(gates, [0, 2, 1]), [num_groups, -1])
+    experts = tf.reshape(tf.transpose(experts, [0, 2, 1]), [num_groups, -1])
+    choice_token = tf.tile(token_index, [1, top_k])  # [G, k*T]
+    choice_valid = tf.tile(mask, [1, top_k])  # [G, k*T]
+
+    choice_one_hot = tf.one_hot(experts, num_experts, dtype=tf.int32)  # [G, kT, N]
+    choice_one_hot *= tf.cast(choice_valid, tf.int32)[..., None]
+    # Position of each choice in its expert's buffer: how many earlier choices
+    # picked the same expert.
+    position = tf.reduce_sum(
+        (tf.cumsum(choice_one_hot, axis=1) - 1) * choice_one_hot, axis=-1
+    )  # [G, kT]
+    kept = choice_valid & (position < capacity)  # [G, kT]
+
+    # Scatter kept choices into their slots; dropped ones go to a spare slot
+    # N*C that is cut off afterwards.
+    num_slots = num_experts * capacity
+    slot = tf.where(kept, experts * capacity + position, num_slots)  # [G, kT]
+    group = tf.broadcast_to(tf.range(num_groups)[:, None], tf.shape(slot))
+    indices = tf.stack([group, slot], axis=-1)  # [G, kT, 2]
+    scatter_shape = tf.stack([num_groups, num_slots + 1])
+    kept_int = tf.cast(kept, tf.int32)
+    slot_token_plus_one = tf.scatter_nd(
+        indices, (choice_token + 1) * kept_int, scatter_shape
+    )[:, :num_slots]
+    slot_weight = tf.scatter_nd(
+        indices, gates * tf.cast(kept, gates.dtype), scatter_shape
+    )[:, :num_slots]
+    slot_shape = [num_groups, num_experts, capacity]
+    slot_mask = slot_token_plus_one > 0
+    slot_token = tf.maximum(slot_token_plus_one - 1, 0)
+
+    kept = tf.transpose(tf.reshape(kept, [num_groups, top_k, tokens_per_group]), [0, 2, 1])
+    if batch_prioritized:
+        kept = tf.gather(kept, tf.argsort(order, axis=-1), batch_dims=1)
+    return {
+        "slot_token": tf.reshape(slot_token, slot_shape),
+        "slot_weight": tf.reshape(slot_weight, slot_shape),
+        "slot_mask": tf.reshape(slot_mask, slot_shape),
+        "kept": kept,
+    }
+
+
+def experts_choose_routing(router_probs, capacity, mask):
+    """Expert-choice routing: each expert takes its C most probable tokens.
+
+    Zhou et al., "Mixture-of-Experts with Expert Choice Routing", arXiv
+    2202.09368. Balanced by construction; a token may be taken by several
+    experts or by none. Which tokens an expert takes depends on the whole
+    group, later tokens included, so it is not for causal models.
+
+    Args:
+        router_probs: `<float32>[G, T, N]`.
+        capacity: C, a Python int.
+        mask: `<bool>[G, T]`; padding tokens are never taken.
+
+    Returns:
+        A dict with the slot tensors (see the module docstring) and `kept`,
+        `<bool>[G, T, 1]`, whether a valid token was taken by any expert.
+    """
+    # Probabilities are >= 0, so -1 puts padding last.
+    scores = tf.where(mask[..., None], router_probs, -1.0)  # [G, T, N]
+    slot_weight, slot_token = tf.math.top_k(
+        tf.transpose(scores, [0, 2, 1]), k=capacity
+    )  # [G, N, C] each
+    slot_mask = tf.gather(mask, slot_token, batch_dims=1)  # [G, N, C]
+    slot_weight = tf.where(slot_mask, slot_weight, 0.0)
+    group = tf.broadcast_to(
+        tf.range(tf.shape(slot_token)[0])[:, None, None], tf.shape(slot_token)
+    )
+    times_taken = tf.scatter_nd(
+        tf.stack([group, slot_token], axis=-1),
+        tf.cast(slot_mask, tf.int32),
+        tf.shape(mask),
+    )  # [G, T]
+    return {
+        "slot_token": slot_token,
+        "slot_weight": slot_weight,
+        "slot_mask": slot_mask,
+        "kept": (times_taken > 0)[..., None],
+    }
