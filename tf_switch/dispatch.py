@@ -80,9 +80,10 @@ def combine(expert_outputs, routing, tokens_per_group, method):
     num_groups = tf.shape(slot_token)[0]
     capacity = slot_token.shape[2]
     if method == "einsum":
-        combine_tensor = _one_hot_slots(
-            slot_token, routing["slot_mask"], tokens_per_group, dtype
-        ) * tf.cast(slot_weight, dtype)[..., None]  # [G, N, C, T]
+        combine_tensor = (
+            _one_hot_slots(slot_token, routing["slot_mask"], tokens_per_group, dtype)
+            * tf.cast(slot_weight, dtype)[..., None]
+        )  # [G, N, C, T]
         expert_outputs = tf.reshape(
             expert_outputs, [num_experts, num_groups, capacity, hidden_dim]
         )

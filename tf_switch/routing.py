@@ -44,8 +44,8 @@ def expert_capacity(tokens_per_group, num_experts, capacity_factor, min_capacity
 
 
 def masked_mean(values, mask, axis=None):
-    """Mean of `values` over entries where `mask` is true (0 if none)."""
-    mask = tf.cast(mask, values.dtype)
+    """Mean of `values` over entries where `mask` (broadcast) is true, or 0."""
+    mask = tf.broadcast_to(tf.cast(mask, values.dtype), tf.shape(values))
     return tf.math.divide_no_nan(
         tf.reduce_sum(values * mask, axis=axis), tf.reduce_sum(mask, axis=axis)
     )
@@ -172,7 +172,9 @@ def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized
     slot_mask = slot_token_plus_one > 0
     slot_token = tf.maximum(slot_token_plus_one - 1, 0)
 
-    kept = tf.transpose(tf.reshape(kept, [num_groups, top_k, tokens_per_group]), [0, 2, 1])
+    kept = tf.transpose(
+        tf.reshape(kept, [num_groups, top_k, tokens_per_group]), [0, 2, 1]
+    )
     if batch_prioritized:
         kept = tf.gather(kept, tf.argsort(order, axis=-1), batch_dims=1)
     return {

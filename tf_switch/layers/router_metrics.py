@@ -49,7 +49,10 @@ class RouterMetrics(keras.metrics.Metric):
             num_tokens: number of valid (non-padding) tokens in the call.
         """
         values = keras.ops.concatenate(
-            [keras.ops.stack([stats[key] for key in SCALAR_STATS]), stats["expert_fraction"]]
+            [
+                keras.ops.stack([stats[key] for key in SCALAR_STATS]),
+                stats["expert_fraction"],
+            ]
         )
         num_tokens = keras.ops.cast(num_tokens, self.dtype)
         self.tokens.assign_add(num_tokens)
@@ -57,13 +60,13 @@ class RouterMetrics(keras.metrics.Metric):
 
     def result(self):
         means = keras.ops.divide_no_nan(self.weighted_sums, self.tokens)
-        results = {
-            f"{self.name}/{key}": means[i] for i, key in enumerate(SCALAR_STATS)
-        }
+        results = {f"{self.name}/{key}": means[i] for i, key in enumerate(SCALAR_STATS)}
         if self.per_expert:
             offset = len(SCALAR_STATS)
             for expert in range(self.num_experts):
-                results[f"{self.name}/expert_{expert}_fraction"] = means[offset + expert]
+                results[f"{self.name}/expert_{expert}_fraction"] = means[
+                    offset + expert
+                ]
         return results
 
     def get_config(self):

@@ -156,7 +156,10 @@ class SwitchFFN(keras.layers.Layer):
         )
 
     def call(self, inputs, padding_mask=None, training=None, return_router_stats=False):
-        if padding_mask is not None and padding_mask.shape.rank != inputs.shape.rank - 1:
+        if (
+            padding_mask is not None
+            and padding_mask.shape.rank != inputs.shape.rank - 1
+        ):
             raise ValueError(
                 "`padding_mask` must have the shape of `inputs` without the "
                 f"last axis. Received inputs {inputs.shape}, padding_mask "
