@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.layers.layer_checks import check_config_round_trip
+from tests.layers.layer_checks import check_config_round_trip, check_save_and_reload
 from tf_switch import SwitchRouter
 
 
@@ -119,3 +119,10 @@ def test_config_round_trip():
             batch_prioritized_routing=True,
         )
     )
+
+
+def test_reload_from_keras_file(tmp_path):
+    inputs = keras.Input((8, 4))
+    router = SwitchRouter(num_experts=4, top_k=2, jitter_noise=0.1)
+    model = keras.Model(inputs, router(inputs)["router_probs"])
+    check_save_and_reload(model, _inputs(), tmp_path)
