@@ -7,9 +7,12 @@ one batched matmul per weight matrix.
 - `"einsum"`: one-hot dispatch and combine tensors `[G, N, C, T]` contracted
   with einsum (GShard, Mesh TensorFlow). Dense matmuls that TPUs like; costs
   about 2*c*T*d multiply-adds per token each way, so keep groups small.
-- `"gather"`: index gathers and a segment sum. Moves O(T*d) data per group and
-  no multiply-adds; what CPUs and GPUs like, and it does not grow with the
-  group size.
+- `"gather"`: index gathers. Moves O(T*d) data per group and no multiply-adds;
+  what CPUs and GPUs like, and it does not grow with the group size. With
+  tokens-choose routing every pass, forward and backward, is a gather (Tutel's
+  fast dispatch): the backward of a gather is a gather through the inverse
+  map (`token_slot`), not a scatter-add. Expert-choice routing, where a token
+  may fill any number of slots, combines with a segment sum.
 
 For an empty slot the expert input is zero (einsum) or an arbitrary token of
 the group (gather); either way its combine weight is 0, so outputs and
@@ -35,6 +38,72 @@ def _global_slot_token(slot_token, tokens_per_group):
     return tf.reshape(tf.transpose(global_token, [1, 0, 2]), [num_experts, -1])
 
 
+def _global_token_slot(token_slot, num_experts, capacity):
+    """`<int32>[G*T, k]`: each choice's slot as an index into all N*G*C slots.
+
+    `token_slot` holds n * C + c per group, or N*C when dropped; slots are laid
+    out expert-major, [N, G, C], and a dropped choice maps to N*G*C, one past
+    the last slot.
+    """
+    num_groups = tf.shape(token_slot)[0]
+    expert, position = token_slot // capacity, token_slot % capacity
+    group = tf.range(num_groups)[:, None, None]
+    global_slot = (expert * num_groups + group) * capacity + position
+    dropped = num_experts * num_groups * capacity
+    global_slot = tf.where(expert < num_experts, global_slot, dropped)
+    return tf.reshape(global_slot, [-1, token_slot.shape[2]])
+
+
+def _gather_rows(table, indices):
+    """`table[indices]` summed over the last index axis; index len(table) is 0.
+
+    Args:
+        table: `[R, d]`.
+        indices: `<int32>[M, k]` in [0, R].
+
+    Returns:
+        `[M, d]`, and the gathered rows `[M, k, d]`.
+    """
+    padded = tf.concat([table, tf.zeros_like(table[:1])], axis=0)
+    rows = tf.gather(padded, indices)  # [M, k, d]
+    return tf.reduce_sum(rows, axis=1), rows
+
+
+def _dispatch_by_gather(flat_inputs, slot_source, token_destination):
+    """Slot rows `flat_inputs[slot_source]` whose gradient is also a gather."""
+
+    @tf.custom_gradient
+    def gather(inputs):
+        def grad(slot_grads):
+            # An empty slot's input is an arbitrary token, but its gradient is
+            # 0 (its combine weight is 0), so leaving it out is exact.
+            return _gather_rows(slot_grads, token_destination)[0]
+
+        return tf.gather(inputs, slot_source), grad
+
+    return gather(flat_inputs)
+
+
+def _combine_by_gather(
+    flat_outputs, token_weight, token_destination, slot_source, slot_weight
+):
+    """sum_k token_weight * flat_outputs[token_destination], by gathers only."""
+
+    @tf.custom_gradient
+    def combine_rows(outputs, weight):
+        _, rows = _gather_rows(outputs, token_destination)  # [M, k, d]
+        combined = tf.reduce_sum(rows * weight[..., None], axis=1)
+
+        def grad(combined_grads):
+            output_grads = tf.gather(combined_grads, slot_source) * slot_weight
+            weight_grads = tf.reduce_sum(rows * combined_grads[:, None, :], axis=-1)
+            return output_grads, weight_grads
+
+        return combined, grad
+
+    return combine_rows(flat_outputs, token_weight)
+
+
 def dispatch(inputs, routing, method):
     """Gathers each expert's tokens.
 
@@ -56,7 +125,16 @@ def dispatch(inputs, routing, method):
         expert_inputs = tf.einsum("gnct,gtd->ngcd", one_hot, inputs)
         return tf.reshape(expert_inputs, [num_experts, -1, hidden_dim])
     flat_inputs = tf.reshape(inputs, [-1, hidden_dim])  # [G*T, d]
-    return tf.gather(flat_inputs, _global_slot_token(slot_token, tokens_per_group))
+    slot_source = _global_slot_token(slot_token, tokens_per_group)  # [N, G*C]
+    if "token_slot" not in routing:
+        return tf.gather(flat_inputs, slot_source)
+    token_destination = _global_token_slot(
+        routing["token_slot"], num_experts, slot_token.shape[2]
+    )
+    expert_inputs = _dispatch_by_gather(
+        flat_inputs, tf.reshape(slot_source, [-1]), token_destination
+    )
+    return tf.reshape(expert_inputs, [num_experts, -1, hidden_dim])
 
 
 def combine(expert_outputs, routing, tokens_per_group, method):
@@ -89,6 +167,21 @@ def combine(expert_outputs, routing, tokens_per_group, method):
         )
         return tf.einsum("gnct,ngcd->gtd", combine_tensor, expert_outputs)
     weight = tf.reshape(tf.transpose(slot_weight, [1, 0, 2]), [num_experts, -1, 1])
+    if "token_slot" in routing:
+        flat_outputs = tf.reshape(expert_outputs, [-1, hidden_dim])  # [N*G*C, d]
+        outputs = _combine_by_gather(
+            flat_outputs,
+            tf.cast(
+                tf.reshape(
+                    routing["token_weight"], [-1, routing["token_weight"].shape[2]]
+                ),
+                dtype,
+            ),
+            _global_token_slot(routing["token_slot"], num_experts, capacity),
+            tf.reshape(_global_slot_token(slot_token, tokens_per_group), [-1]),
+            tf.cast(tf.stop_gradient(tf.reshape(weight, [-1, 1])), dtype),
+        )
+        return tf.reshape(outputs, [num_groups, tokens_per_group, hidden_dim])
     weighted = expert_outputs * tf.cast(weight, dtype)  # [N, G*C, d]
     outputs = tf.math.unsorted_segment_sum(
         tf.reshape(weighted, [-1, hidden_dim]),

@@ -123,8 +123,11 @@ def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized
 
     Returns:
         A dict with the slot tensors (`slot_token`, `slot_weight`,
-        `slot_mask`, see the module docstring) and `kept`, `<bool>[G, T, k]`,
-        whether each valid choice got a slot (false for padding).
+        `slot_mask`, see the module docstring), their token-major inverse
+        (`token_slot`, `<int32>[G, T, k]`, each choice's slot `n * C + c`, or
+        N*C when dropped; `token_weight`, `<float32>[G, T, k]`, its gate, 0
+        when dropped), and `kept`, `<bool>[G, T, k]`, whether each valid
+        choice got a slot (false for padding).
     """
     num_groups = tf.shape(router_probs)[0]
     tokens_per_group, num_experts = router_probs.shape[1], router_probs.shape[2]
@@ -172,16 +175,20 @@ def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized
     slot_mask = slot_token_plus_one > 0
     slot_token = tf.maximum(slot_token_plus_one - 1, 0)
 
-    kept = tf.transpose(
-        tf.reshape(kept, [num_groups, top_k, tokens_per_group]), [0, 2, 1]
-    )
-    if batch_prioritized:
-        kept = tf.gather(kept, tf.argsort(order, axis=-1), batch_dims=1)
+    def to_token_major(choices):  # [G, k*T] in priority order -> [G, T, k]
+        choices = tf.reshape(choices, [num_groups, top_k, tokens_per_group])
+        choices = tf.transpose(choices, [0, 2, 1])
+        if batch_prioritized:
+            choices = tf.gather(choices, tf.argsort(order, axis=-1), batch_dims=1)
+        return choices
+
     return {
         "slot_token": tf.reshape(slot_token, slot_shape),
         "slot_weight": tf.reshape(slot_weight, slot_shape),
         "slot_mask": tf.reshape(slot_mask, slot_shape),
-        "kept": kept,
+        "token_slot": to_token_major(slot),
+        "token_weight": to_token_major(gates * tf.cast(kept, gates.dtype)),
+        "kept": to_token_major(kept),
     }
 
 
