@@ -192,6 +192,19 @@ def test_einsum_and_gather_dispatch_agree_in_outputs_and_gradients(config):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
 
 
+def test_expert_choice_einsum_and_gather_agree():
+    x = _inputs((2, 6, 4))
+    config = {"routing": "experts_choose", "capacity_factor": 1.5, "min_capacity": 1}
+    gather = _built(SwitchFFN(3, 8, dispatch="gather", **config), x.shape)
+    einsum = _built(SwitchFFN(3, 8, dispatch="einsum", **config), x.shape)
+    einsum.set_weights(gather.get_weights())
+    y_g, grads_g = _outputs_and_gradients(gather, x)
+    y_e, grads_e = _outputs_and_gradients(einsum, x)
+    np.testing.assert_allclose(y_g, y_e, rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads_g, grads_e, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+
+
 @given(ffn_configs(), st.integers(0, 2))
 def test_a_groups_output_does_not_depend_on_other_groups(config, changed_group):
     config["group_size"] = None  # one group per sequence
