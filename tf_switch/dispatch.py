@@ -42,34 +42,25 @@ def _global_token_slot(token_slot, num_experts, capacity):
     """`<int32>[G*T, k]`: each choice's slot as an index into all N*G*C slots.
 
     `token_slot` holds n * C + c per group, or N*C when dropped; slots are laid
-    out expert-major, [N, G, C], and a dropped choice maps to N*G*C, one past
-    the last slot.
+    out expert-major, [N, G, C]. A dropped choice maps to slot 0: callers
+    mask it out.
     """
     num_groups = tf.shape(token_slot)[0]
     expert, position = token_slot // capacity, token_slot % capacity
     group = tf.range(num_groups)[:, None, None]
     global_slot = (expert * num_groups + group) * capacity + position
-    dropped = num_experts * num_groups * capacity
-    global_slot = tf.where(expert < num_experts, global_slot, dropped)
+    global_slot = tf.where(expert < num_experts, global_slot, 0)
     return tf.reshape(global_slot, [-1, token_slot.shape[2]])
 
 
-def _gather_rows(table, indices):
-    """`table[indices]` summed over the last index axis; index len(table) is 0.
-
-    Args:
-        table: `[R, d]`.
-        indices: `<int32>[M, k]` in [0, R].
-
-    Returns:
-        `[M, d]`, and the gathered rows `[M, k, d]`.
-    """
-    padded = tf.concat([table, tf.zeros_like(table[:1])], axis=0)
-    rows = tf.gather(padded, indices)  # [M, k, d]
-    return tf.reduce_sum(rows, axis=1), rows
+def _sum_over_choices(rows):
+    """`[M, k, d]` -> `[M, d]`; a reshape, not a reduction, when k is 1."""
+    if rows.shape[1] == 1:
+        return tf.reshape(rows, [-1, rows.shape[2]])
+    return tf.reduce_sum(rows, axis=1)
 
 
-def _dispatch_by_gather(flat_inputs, slot_source, token_destination):
+def _dispatch_by_gather(flat_inputs, slot_source, token_destination, token_kept):
     """Slot rows `flat_inputs[slot_source]` whose gradient is also a gather."""
 
     @tf.custom_gradient
@@ -77,7 +68,8 @@ def _dispatch_by_gather(flat_inputs, slot_source, token_destination):
         def grad(slot_grads):
             # An empty slot's input is an arbitrary token, but its gradient is
             # 0 (its combine weight is 0), so leaving it out is exact.
-            return _gather_rows(slot_grads, token_destination)[0]
+            rows = tf.gather(slot_grads, token_destination)  # [M, k, d]
+            return _sum_over_choices(rows * token_kept[..., None])
 
         return tf.gather(inputs, slot_source), grad
 
@@ -87,12 +79,17 @@ def _dispatch_by_gather(flat_inputs, slot_source, token_destination):
 def _combine_by_gather(
     flat_outputs, token_weight, token_destination, slot_source, slot_weight
 ):
-    """sum_k token_weight * flat_outputs[token_destination], by gathers only."""
+    """sum_k token_weight * flat_outputs[token_destination], by gathers only.
+
+    A dropped choice points at slot 0 with weight 0, so it adds nothing, and
+    its weight's gradient reaches no router probability (the weight is the
+    gate times 0).
+    """
 
     @tf.custom_gradient
     def combine_rows(outputs, weight):
-        _, rows = _gather_rows(outputs, token_destination)  # [M, k, d]
-        combined = tf.reduce_sum(rows * weight[..., None], axis=1)
+        rows = tf.gather(outputs, token_destination)  # [M, k, d]
+        combined = _sum_over_choices(rows * weight[..., None])
 
         def grad(combined_grads):
             output_grads = tf.gather(combined_grads, slot_source) * slot_weight
@@ -131,8 +128,12 @@ def dispatch(inputs, routing, method):
     token_destination = _global_token_slot(
         routing["token_slot"], num_experts, slot_token.shape[2]
     )
+    token_kept = tf.reshape(routing["kept"], tf.shape(token_destination))
     expert_inputs = _dispatch_by_gather(
-        flat_inputs, tf.reshape(slot_source, [-1]), token_destination
+        flat_inputs,
+        tf.reshape(slot_source, [-1]),
+        token_destination,
+        tf.cast(token_kept, inputs.dtype),
     )
     return tf.reshape(expert_inputs, [num_experts, -1, hidden_dim])
 
