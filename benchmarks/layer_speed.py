@@ -46,15 +46,12 @@ capacity factors: ~4 min; 32768 tokens: ~8x that (~30 min at 5 rounds).
 """
 
 import argparse
-import dataclasses
-import gc
+import hashlib
 import importlib.metadata
+import importlib.util
 import json
-import math
 import os
-import random
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +69,6 @@ SEQUENCE_LENGTH = 512
 HIDDEN_DIM = 512
 INTERMEDIATE_DIM = 2048
 PRECISIONS = ("float32", "mixed_bfloat16")
-COMPUTE_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
 # ---------------------------------------------------------------- command line
@@ -140,7 +136,8 @@ def check_args(parser, args):
 
 def worker_command(args, tokens, precision, results_path):
     """The command line of the worker for one (tokens, precision)."""
-    command = [sys.executable, os.path.abspath(__file__)]
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "speed_worker.py")
+    command = [sys.executable, worker]
     command += ["--tokens", str(tokens), "--precision", precision]
     command += ["--experts", *map(str, args.experts)]
     command += ["--capacity-factors", *map(str, args.capacity_factors)]
@@ -190,6 +187,33 @@ def package_version(name):
         return "not installed"
 
 
+def tf_switch_revision():
+    """The git commit of the `tf_switch` sources, and a hash of their text.
+
+    The hash tells runs apart when the sources have uncommitted changes.
+    """
+    spec = importlib.util.find_spec("tf_switch")
+    package_dir = os.path.dirname(spec.origin)
+    digest = hashlib.sha1()
+    for root, directories, files in os.walk(package_dir):
+        directories.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(root, name), "rb") as source:
+                digest.update(name.encode() + source.read())
+    git = ["git", "-C", package_dir]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit, changes = "", ""
+    state = f"{commit or 'no git'}{' + uncommitted changes' if changes else ''}"
+    return f"{state}, sources {digest.hexdigest()[:10]}"
+
+
 def machine_description():
     """What the numbers were measured on, as a dict."""
     flags = cpu_flags()
@@ -206,6 +230,7 @@ def machine_description():
         "tf_keras": package_version("tf-keras"),
         "tf_models_official": package_version("tf-models-official"),
         "tf_switch": package_version("tf-switch"),
+        "tf_switch_revision": tf_switch_revision(),
     }
 
 
@@ -221,7 +246,7 @@ def print_header(machine, command):
         f"Versions: Python {machine['python']}, TensorFlow {machine['tensorflow']}"
         f", Keras {machine['keras']}, tf_keras {machine['tf_keras']}, "
         f"tf-models-official {machine['tf_models_official']}, "
-        f"tf-switch {machine['tf_switch']}"
+        f"tf-switch {machine['tf_switch']} ({machine['tf_switch_revision']})"
     )
     print(
         "Step: fwd+bwd (GradientTape, grads of input and all trainable "
@@ -230,345 +255,45 @@ def print_header(machine, command):
     sys.stdout.flush()
 
 
-# ---------------------------------------------------------------- worker: layers
-
-
-@dataclasses.dataclass
-class Candidate:
-    """One layer on one input, to be timed."""
-
-    impl: str
-    num_experts: int | None
-    capacity_factor: float | None
-    slots_per_expert: int | None
-    layer: object
-    inputs: object
-    output_gradient: object
-
-
-@dataclasses.dataclass
-class Measurement:
-    """A candidate's train step under one XLA setting, and its timings."""
-
-    candidate: Candidate
-    xla: str
-    train_step: object
-    wall_seconds: list = dataclasses.field(default_factory=list)
-    cpu_seconds: list = dataclasses.field(default_factory=list)
-
-
-def set_precision(precision, impls):
-    """Sets the global policy that every layer built afterwards captures."""
-    import keras
-
-    keras.mixed_precision.set_dtype_policy(precision)
-    if "mg" in impls:
-        import tf_keras
-
-        tf_keras.mixed_precision.set_global_policy(precision)
-
-
-def random_inputs(shape, precision):
-    """Inputs in the compute dtype, as the previous layer would deliver them."""
-    import tensorflow as tf
-
-    values = tf.random.normal(shape)
-    return tf.cast(values, COMPUTE_DTYPES[precision])
-
-
-def candidate_for(impl, layer, inputs, precision, num_experts=None, **kwargs):
-    return Candidate(
-        impl=impl,
-        num_experts=num_experts,
-        layer=layer,
-        inputs=inputs,
-        output_gradient=random_inputs(inputs.shape, precision),
-        **{"capacity_factor": None, "slots_per_expert": None, **kwargs},
-    )
-
-
-def dense_candidate(tokens, precision):
-    import tf_switch
-
-    layer = tf_switch.ExpertFFN(
-        num_experts=1, intermediate_dim=INTERMEDIATE_DIM, name="dense_ffn"
-    )
-    inputs = random_inputs([1, tokens, HIDDEN_DIM], precision)
-    return candidate_for("dense", layer, inputs, precision)
-
-
-def floor_candidates(num_experts, tokens, capacity_factors, precision):
-    """One `ExpertFFN(N)`, timed on each capacity factor's `[N, C, d]` input."""
-    import tf_switch
-
-    layer = tf_switch.ExpertFFN(
-        num_experts=num_experts, intermediate_dim=INTERMEDIATE_DIM, name="floor"
-    )
-    candidates = []
-    for capacity_factor in capacity_factors:
-        slots = math.ceil(capacity_factor * tokens / num_experts)
-        inputs = random_inputs([num_experts, slots, HIDDEN_DIM], precision)
-        candidates.append(
-            candidate_for(
-                "floor",
-                layer,
-                inputs,
-                precision,
-                num_experts,
-                capacity_factor=capacity_factor,
-                slots_per_expert=slots,
-            )
-        )
-    return candidates
-
-
-def switch_candidate(impl, num_experts, capacity_factor, inputs, precision, args):
-    """`SwitchFFN` with gather (one group of all tokens) or einsum dispatch."""
-    import tf_switch
-
-    tokens = math.prod(inputs.shape[:-1])
-    group_size = tokens if impl == "gather" else args.einsum_group_size
-    layer = tf_switch.SwitchFFN(
-        num_experts=num_experts,
-        intermediate_dim=INTERMEDIATE_DIM,
-        activation="relu",
-        group_size=group_size,
-        dispatch=impl,
-        capacity_factor=capacity_factor,
-        name=f"switch_{impl}",
-    )
-    capacity = layer.router.expert_capacity(group_size, training=True)
-    slots = tokens // group_size * capacity
-    return candidate_for(
-        impl,
-        layer,
-        inputs,
-        precision,
-        num_experts,
-        capacity_factor=capacity_factor,
-        slots_per_expert=slots,
-    )
-
-
-def model_garden_candidate(num_experts, capacity_factor, inputs, precision):
-    import model_garden_switch
-
-    layer = model_garden_switch.model_garden_switch_layer(
-        num_experts, INTERMEDIATE_DIM, capacity_factor, examples_per_group=1.0
-    )
-    num_groups = inputs.shape[0]  # one sequence of SEQUENCE_LENGTH per group
-    capacity = model_garden_switch.expert_capacity(
-        SEQUENCE_LENGTH, num_experts, capacity_factor
-    )
-    return candidate_for(
-        "mg",
-        layer,
-        inputs,
-        precision,
-        num_experts,
-        capacity_factor=capacity_factor,
-        slots_per_expert=num_groups * capacity,
-    )
-
-
-def block_candidates(num_experts, tokens, precision, args):
-    """Floor and every routed implementation for N experts (dense is shared)."""
-    candidates = []
-    if "floor" in args.impls:
-        candidates += floor_candidates(
-            num_experts, tokens, args.capacity_factors, precision
-        )
-    token_inputs = random_inputs(
-        [tokens // SEQUENCE_LENGTH, SEQUENCE_LENGTH, HIDDEN_DIM], precision
-    )
-    for capacity_factor in args.capacity_factors:
-        for impl in ("gather", "einsum"):
-            if impl in args.impls:
-                candidates.append(
-                    switch_candidate(
-                        impl,
-                        num_experts,
-                        capacity_factor,
-                        token_inputs,
-                        precision,
-                        args,
-                    )
-                )
-        if "mg" in args.impls:
-            candidates.append(
-                model_garden_candidate(
-                    num_experts, capacity_factor, token_inputs, precision
-                )
-            )
-    return candidates
-
-
-def build_and_check_precision(candidate, precision):
-    """Builds the layer with one eager call and checks it runs in `precision`.
-
-    Layers capture the global policy when constructed (Model Garden's experts
-    partly when built), so a wrong policy would show here.
-    """
-    outputs = candidate.layer(candidate.inputs, training=True)
-    expected = COMPUTE_DTYPES[precision]
-    variable_dtypes = {v.dtype for v in candidate.layer.trainable_variables}
-    variable_dtypes = {getattr(dtype, "name", dtype) for dtype in variable_dtypes}
-    if outputs.dtype.name != expected or variable_dtypes != {"float32"}:
-        raise RuntimeError(
-            f"{candidate.impl} under {precision}: outputs {outputs.dtype.name}, "
-            f"variables {sorted(variable_dtypes)}; expected outputs {expected} "
-            "and float32 variables."
-        )
-
-
-# ---------------------------------------------------------------- worker: timing
-
-
-def make_train_step(layer, jit_compile):
-    """fwd+bwd of `layer`: gradients of the input and all trainable variables."""
-    import tensorflow as tf
-
-    variables = list(layer.trainable_variables)
-
-    @tf.function(jit_compile=jit_compile)
-    def train_step(inputs, output_gradient):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            outputs = layer(inputs, training=True)
-            loss = tf.cast(tf.reduce_sum(outputs * output_gradient), tf.float32)
-            for auxiliary_loss in layer.losses:
-                loss += tf.cast(auxiliary_loss, tf.float32)
-        # Returned, so that no gradient is pruned from the graph.
-        return tape.gradient(loss, [inputs, *variables])
-
-    return train_step
-
-
-def run_step(measurement):
-    """One timed step: (wall seconds, process CPU seconds of all threads)."""
-    candidate = measurement.candidate
-    wall_start, cpu_start = time.perf_counter(), time.process_time()
-    gradients = measurement.train_step(candidate.inputs, candidate.output_gradient)
-    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
-    if any(gradient is None for gradient in gradients):
-        raise RuntimeError(f"{candidate.impl}: a gradient is None.")
-    return wall, cpu
-
-
-def warm_up(measurements, steps):
-    for measurement in measurements:
-        for _ in range(steps):
-            run_step(measurement)
-
-
-def measure_round_robin(measurements, rounds, rng):
-    """Times each measurement once per round, in a new shuffled order."""
-    for _ in range(rounds):
-        order = list(measurements)
-        rng.shuffle(order)
-        for measurement in order:
-            wall, cpu = run_step(measurement)
-            measurement.wall_seconds.append(wall)
-            measurement.cpu_seconds.append(cpu)
-
-
-def measurement_record(measurement, block_experts, tokens, precision):
-    candidate = measurement.candidate
-    return {
-        "tokens": tokens,
-        "precision": precision,
-        "xla": measurement.xla,
-        "block_experts": block_experts,
-        "impl": candidate.impl,
-        "num_experts": candidate.num_experts,
-        "capacity_factor": candidate.capacity_factor,
-        "slots_per_expert": candidate.slots_per_expert,
-        "best_ms": 1e3 * min(measurement.wall_seconds),
-        "median_ms": 1e3 * statistics.median(measurement.wall_seconds),
-        "median_cpu_ms": 1e3 * statistics.median(measurement.cpu_seconds),
-        "wall_ms": [round(1e3 * s, 2) for s in measurement.wall_seconds],
-        "cpu_ms": [round(1e3 * s, 2) for s in measurement.cpu_seconds],
-    }
-
-
-def run_block(num_experts, dense, tokens, precision, args, rng):
-    """Builds, warms up and times one expert count; returns its records."""
-    started = time.perf_counter()
-    candidates = ([dense] if dense else []) + block_candidates(
-        num_experts, tokens, precision, args
-    )
-    for candidate in candidates:
-        build_and_check_precision(candidate, precision)
-    measurements = [
-        Measurement(candidate, xla, make_train_step(candidate.layer, xla == "on"))
-        for candidate in candidates
-        for xla in args.xla
-    ]
-    warm_up(measurements, args.warmup)
-    warmed_up = time.perf_counter()
-    measure_round_robin(measurements, args.rounds, rng)
-    finished = time.perf_counter()
-    print(
-        f"  block N={num_experts}: {len(measurements)} step functions, build + "
-        f"warm-up {warmed_up - started:.0f} s, {args.rounds} rounds "
-        f"{finished - warmed_up:.0f} s",
-        flush=True,
-    )
-    return [measurement_record(m, num_experts, tokens, precision) for m in measurements]
-
-
-def run_worker(args):
-    """Measures one (tokens, precision); prints its tables, saves its records."""
-    import keras
-
-    (tokens,), (precision,) = args.tokens, args.precision
-    set_precision(precision, args.impls)
-    keras.utils.set_random_seed(args.seed)
-    rng = random.Random(args.seed)
-    batch = tokens // SEQUENCE_LENGTH
-    print(
-        f"\n[{tokens} tokens as [{batch}, {SEQUENCE_LENGTH}, {HIDDEN_DIM}], "
-        f"{precision}, XLA {'/'.join(args.xla)}; pid {os.getpid()}]",
-        flush=True,
-    )
-    dense = dense_candidate(tokens, precision) if "dense" in args.impls else None
-    if dense:
-        build_and_check_precision(dense, precision)
-    records = []
-    for num_experts in args.experts:
-        records += run_block(num_experts, dense, tokens, precision, args, rng)
-        gc.collect()
-    add_ratios(records)
-    for xla in args.xla:
-        print_table([r for r in records if r["xla"] == xla], args.rounds)
-    with open(args.worker_results, "a") as results:
-        for record in records:
-            results.write(json.dumps(record) + "\n")
-
-
 # ---------------------------------------------------------------- parent
 
 
 def run_workers(args):
-    """Runs one worker per (tokens, precision); returns all their records."""
+    """Runs one worker per (tokens, precision); returns all their records.
+
+    A worker prints its own tables; for one that failed, the blocks it
+    finished are printed here.
+    """
     environment = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
     records = []
+    for tokens in args.tokens:
+        for precision in args.precision:
+            started = time.perf_counter()
+            worker_records, returncode = run_worker(
+                args, tokens, precision, environment
+            )
+            print(
+                f"[worker {tokens} tokens {precision}: exit {returncode}, "
+                f"{time.perf_counter() - started:.0f} s]",
+                flush=True,
+            )
+            add_ratios(worker_records)
+            if returncode:
+                for xla in args.xla:
+                    print_table([r for r in worker_records if r["xla"] == xla])
+            records += worker_records
+    return records
+
+
+def run_worker(args, tokens, precision, environment):
+    """(records, exit status) of the worker for one (tokens, precision)."""
     with tempfile.TemporaryDirectory() as directory:
         results_path = os.path.join(directory, "results.jsonl")
         open(results_path, "w").close()
-        for tokens in args.tokens:
-            for precision in args.precision:
-                started = time.perf_counter()
-                command = worker_command(args, tokens, precision, results_path)
-                returncode = subprocess.run(command, env=environment).returncode
-                print(
-                    f"[worker {tokens} tokens {precision}: exit {returncode}, "
-                    f"{time.perf_counter() - started:.0f} s]",
-                    flush=True,
-                )
+        command = worker_command(args, tokens, precision, results_path)
+        returncode = subprocess.run(command, env=environment).returncode
         with open(results_path) as results:
-            records = [json.loads(line) for line in results]
-    return records
+            return [json.loads(line) for line in results], returncode
 
 
 def write_output(path, machine, command, records):
@@ -582,14 +307,14 @@ def write_output(path, machine, command, records):
 
 def main():
     args = parse_args()
-    if args.worker_results:
-        run_worker(args)
-        return
     started = time.perf_counter()
     command = shlex.join(sys.orig_argv)
     machine = machine_description()
     print_header(machine, command)
     records = run_workers(args)
+    revisions = sorted({r["tf_switch_revision"] for r in records})
+    if len(revisions) > 1:
+        print(f"\nWARNING: tf_switch changed during the run: {revisions}")
     print_bfloat16_speedups(records)
     print_targets(records)
     if args.output:

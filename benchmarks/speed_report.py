@@ -123,10 +123,11 @@ def table_sort_key(record):
     )
 
 
-def print_table(records, rounds):
+def print_table(records):
     if not records:
         return
     first = records[0]
+    rounds = len(first["wall_ms"])
     print(
         f"\n== {first['tokens']} tokens, {first['precision']}, XLA "
         f"{first['xla']}: best of {rounds} (ms, tok/s, ratios); CPU ratios "
