@@ -179,9 +179,8 @@ def _outputs_and_gradients(ffn, x, mask=None):
     return y, grads
 
 
-@given(ffn_configs())
-def test_einsum_and_gather_dispatch_agree_in_outputs_and_gradients(config):
-    x = _inputs((2, 6, 4), seed=config["seed"])
+def _assert_dispatch_methods_agree(x, **config):
+    """einsum and gather dispatch give the same outputs and gradients."""
     gather = _built(SwitchFFN(intermediate_dim=8, dispatch="gather", **config), x.shape)
     einsum = _built(SwitchFFN(intermediate_dim=8, dispatch="einsum", **config), x.shape)
     einsum.set_weights(gather.get_weights())
@@ -192,17 +191,19 @@ def test_einsum_and_gather_dispatch_agree_in_outputs_and_gradients(config):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
 
 
+@given(ffn_configs())
+def test_einsum_and_gather_dispatch_agree_in_outputs_and_gradients(config):
+    _assert_dispatch_methods_agree(_inputs((2, 6, 4), seed=config["seed"]), **config)
+
+
 def test_expert_choice_einsum_and_gather_agree():
-    x = _inputs((2, 6, 4))
-    config = {"routing": "experts_choose", "capacity_factor": 1.5, "min_capacity": 1}
-    gather = _built(SwitchFFN(3, 8, dispatch="gather", **config), x.shape)
-    einsum = _built(SwitchFFN(3, 8, dispatch="einsum", **config), x.shape)
-    einsum.set_weights(gather.get_weights())
-    y_g, grads_g = _outputs_and_gradients(gather, x)
-    y_e, grads_e = _outputs_and_gradients(einsum, x)
-    np.testing.assert_allclose(y_g, y_e, rtol=1e-5, atol=1e-6)
-    for g, e in zip(grads_g, grads_e, strict=True):
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+    _assert_dispatch_methods_agree(
+        _inputs((2, 6, 4)),
+        num_experts=3,
+        routing="experts_choose",
+        capacity_factor=1.5,
+        min_capacity=1,
+    )
 
 
 @given(ffn_configs(), st.integers(0, 2))
