@@ -1,0 +1,260 @@
+"""Train a Switch language model: `python -m training.train [flags]`.
+
+    python -m training.train                     # tiny Switch LM on Shakespeare
+    python -m training.train --experts 0         # its dense twin
+    python -m training.train --data my.txt --preset tiny --epochs 5 --output runs/a
+    python -m training.train --config run.json   # the same flags as a JSON object
+
+Writes to --output: `backup/` (BackupAndRestore: rerun the same command after a
+crash or `kill -9` to resume), `tensorboard/`, `vocab.txt`, `model.keras`,
+`saved_model/1/` (a SavedModel), `history.csv`, `expert_load.json`,
+`loss.png`, `expert_load.png` and `sample.txt`.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+
+import keras
+import tensorflow as tf
+
+from tf_switch import text
+from tf_switch.models import SwitchLanguageModel, get_preset, model_report
+from training import corpus as corpus_lib
+from training import plots
+from training.callbacks import (
+    EpochSetter,
+    ExpertLoadRecorder,
+    ResumableBackupAndRestore,
+)
+from training.data import EpochOrderedWindows
+from training.generate import generate_ids
+from training.metrics import Perplexity
+from training.schedules import WarmupSchedule
+
+logger = logging.getLogger("training")
+
+STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train a Switch language model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="JSON file of flag values (flags override)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--experts", type=int, help="experts per Switch FFN; 0: dense")
+    parser.add_argument("--capacity-factor", type=float, default=1.25)
+    parser.add_argument("--eval-capacity-factor", type=float, default=2.0)
+    parser.add_argument("--group-size", type=int, help="tokens per routing group")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch")
+    parser.add_argument("--validation-steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sequence-length", type=int)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument(
+        "--schedule", choices=("inverse_sqrt", "cosine"), default="cosine"
+    )
+    parser.add_argument(
+        "--precision", choices=("float32", "mixed_bfloat16"), default="float32"
+    )
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
+    parser.add_argument(
+        "--data", help="UTF-8 text file or folder (default: Shakespeare)"
+    )
+    parser.add_argument("--vocab-size", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-tokens", type=int, default=120)
+    parser.add_argument("--prompt", default="ROMEO:")
+    parser.add_argument("--output", default="runs/tiny")
+    args = parser.parse_args(argv)
+    if args.config:
+        with open(args.config) as f:
+            values = json.load(f)
+        unknown = set(values) - set(vars(args))
+        if unknown:
+            parser.error(f"unknown keys in {args.config}: {sorted(unknown)}")
+        parser.set_defaults(**values)
+        args = parser.parse_args(argv)
+    return args
+
+
+def resolve_strategy(name):
+    """A `tf.distribute` strategy by name; `auto` picks Mirrored for > 1 GPU.
+
+    `tpu` without an attached TPU is an error, never a silent CPU run.
+    """
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.NotFoundError, IndexError) as error:
+            raise SystemExit(f"--strategy tpu: no TPU found ({error}).") from error
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def model_config(args, vocab_size):
+    """The preset with the flags' overrides applied."""
+    config = get_preset(args.preset, vocab_size=vocab_size)
+    overrides = {}
+    if args.sequence_length:
+        overrides["sequence_length"] = args.sequence_length
+    if args.experts is not None:
+        overrides["num_experts"] = args.experts or None
+    config = config.replace(**overrides)
+    if config.num_experts is None:
+        return config.dense_twin()
+    switch_options = {
+        **config.switch_options,
+        "capacity_factor": args.capacity_factor,
+        "eval_capacity_factor": args.eval_capacity_factor,
+    }
+    if args.group_size:
+        switch_options["group_size"] = args.group_size
+    return config.replace(switch_options=switch_options)
+
+
+def load_tokenizer(corpus, args):
+    """The run's WordPiece tokenizer, built once and kept in the output dir."""
+    path = os.path.join(args.output, "vocab.txt")
+    if not os.path.exists(path):
+        logger.info("Building a %d-token WordPiece vocabulary ...", args.vocab_size)
+        vocabulary = text.build_vocabulary([corpus.train], vocab_size=args.vocab_size)
+        text.WordPieceTokenizer(vocabulary).save_vocabulary(path)
+    return text.WordPieceTokenizer(path)
+
+
+def build_datasets(corpus, tokenizer, config, args):
+    train_ids = text.encode_corpus(tokenizer, corpus.train)
+    validation_ids = text.encode_corpus(tokenizer, corpus.validation)
+    logger.info(
+        "Corpus %s: %d training and %d validation tokens",
+        corpus.source,
+        len(train_ids),
+        len(validation_ids),
+    )
+    train = EpochOrderedWindows(
+        train_ids,
+        config.sequence_length,
+        args.batch_size,
+        seed=args.seed,
+        max_steps=args.steps_per_epoch,
+    )
+    validation = EpochOrderedWindows(
+        validation_ids,
+        config.sequence_length,
+        args.batch_size,
+        shuffle=False,
+        max_steps=args.validation_steps,
+    )
+    return train, validation
+
+
+def compile_model(config, steps_per_epoch, args):
+    model = SwitchLanguageModel(config)
+    schedule = WarmupSchedule(
+        args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        total_steps=steps_per_epoch * args.epochs,
+        decay=args.schedule,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[Perplexity()],
+    )
+    return model
+
+
+def read_history(path):
+    """`{metric: [value per epoch]}` from the run's CSV log (all epochs,
+    also those before a resume)."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
+
+
+def write_results(model, load_recorder, tokenizer, args):
+    """Checkpoint, SavedModel, plots and a text sample, all under --output."""
+    model.save(os.path.join(args.output, "model.keras"))
+    export_dir = os.path.join(args.output, "saved_model", "1")
+    model.export(export_dir, format="tf_saved_model", verbose=False)
+    history = read_history(os.path.join(args.output, "history.csv"))
+    plots.plot_losses(history, os.path.join(args.output, "loss.png"))
+    plots.plot_expert_load(
+        load_recorder.history, os.path.join(args.output, "expert_load.png")
+    )
+    prompt = tokenizer.tokenize(tf.constant([args.prompt])).numpy()[0].tolist()
+    ids = generate_ids(
+        model,
+        [text.BOS_ID, *prompt],
+        args.sample_tokens,
+        temperature=0.8,
+        seed=args.seed,
+        pad_id=text.PAD_ID,
+    )
+    sample = tokenizer.detokenize(tf.ragged.constant([ids])).numpy()[0].decode()
+    with open(os.path.join(args.output, "sample.txt"), "w") as f:
+        f.write(sample + "\n")
+    return sample, export_dir
+
+
+def train(args):
+    os.makedirs(args.output, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    keras.mixed_precision.set_global_policy(args.precision)
+    strategy = resolve_strategy(args.strategy)
+    logger.info("Strategy: %s", type(strategy).__name__)
+
+    corpus = corpus_lib.load_corpus(args.data)
+    tokenizer = load_tokenizer(corpus, args)
+    config = model_config(args, tokenizer.vocab_size)
+    train_windows, validation_windows = build_datasets(corpus, tokenizer, config, args)
+    print(model_report(config))
+
+    with strategy.scope():
+        model = compile_model(config, train_windows.steps_per_epoch, args)
+    load_recorder = ExpertLoadRecorder(os.path.join(args.output, "expert_load.json"))
+    callbacks = [
+        EpochSetter(train_windows),
+        ResumableBackupAndRestore(os.path.join(args.output, "backup")),
+        # raise_error: a NaN epoch must not reach the backup at its end.
+        keras.callbacks.TerminateOnNaN(raise_error=True),
+        keras.callbacks.TensorBoard(os.path.join(args.output, "tensorboard")),
+        keras.callbacks.CSVLogger(
+            os.path.join(args.output, "history.csv"), append=True
+        ),
+        load_recorder,
+    ]
+    model.fit(
+        train_windows.dataset(),
+        validation_data=validation_windows.dataset(),
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=2 if not sys.stdout.isatty() else "auto",
+    )
+    sample, export_dir = write_results(model, load_recorder, tokenizer, args)
+    print(f"\nSavedModel: {export_dir}\nSample:\n{sample}")
+    return model
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
