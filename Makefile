@@ -17,14 +17,14 @@ $(VENV)/.installed: setup.py pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadfile tests tf_switch
+	$(PY) -m pytest -n 2 --dist loadfile tests tf_switch training
 
 demo: setup
-	$(PY) -m tf_switch.demo
+	$(PY) -m training.train --output runs/demo --epochs 4 --steps-per-epoch 150
 
 lint: setup
-	$(PY) -m ruff check tf_switch tests benchmarks
-	$(PY) -m ruff format --check tf_switch tests benchmarks
+	$(PY) -m ruff check tf_switch training tests benchmarks
+	$(PY) -m ruff format --check tf_switch training tests benchmarks
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -10,7 +10,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_packages(include=["tf_switch", "tf_switch.*"]),
+    packages=find_packages(include=["tf_switch", "tf_switch.*", "training"]),
     python_requires=">=3.10,<3.13",
     install_requires=[
         "tensorflow~=2.20.0",
@@ -18,12 +18,14 @@ setup(
         "tensorflow-text~=2.20.0",
         "tensorflow-serving-api~=2.20.0",
         "numpy",
+        "matplotlib",  # the training job's plots
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist", "hypothesis>=6", "ruff"],
         # The peer we benchmark against: TF Model Garden's MoeLayer.
         "bench": ["tf-models-official==2.20.0"],
     },
+    entry_points={"console_scripts": ["tf-switch-train = training.train:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",

@@ -77,6 +77,8 @@ class EpochOrderedWindows:
             .flat_map(one_epoch)
             .batch(self.batch_size, drop_remainder=True)
             .take(self.steps_per_epoch)
+            # Known length: Keras shows the epoch's progress and stops cleanly.
+            .apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch))
             .map(lambda batch: tf.gather(windows, batch))
             .map(lambda window: (window[:, :-1], window[:, 1:]))
         )

@@ -24,28 +24,31 @@ def plot_losses(history, path):
 
 
 def plot_expert_load(load_history, path):
-    """Heatmaps, one per epoch shown: layers x experts, token fraction.
+    """Heatmaps, one per epoch shown: layers x experts, training token fraction.
 
     `load_history`: a list over epochs of `{layer: [fraction per expert]}`
     (see `training.callbacks.ExpertLoadRecorder`). Shows the first, middle and
     last epoch side by side on one colour scale (1/N is perfect balance).
     """
     epochs = sorted({0, len(load_history) // 2, len(load_history) - 1})
-    layers = sorted(load_history[-1])
+    layers = sorted(layer for layer in load_history[-1] if not layer.startswith("val_"))
     if not layers:
         return
     matrices = [np.array([load_history[e][layer] for layer in layers]) for e in epochs]
     vmax = max(float(m.max()) for m in matrices)
     figure, axes = plt.subplots(
-        1, len(epochs), figsize=(4 * len(epochs), 1 + 0.5 * len(layers)), squeeze=False
+        1,
+        len(epochs),
+        figsize=(3.5 * len(epochs) + 1.5, 1.5 + 0.5 * len(layers)),
+        squeeze=False,
+        constrained_layout=True,
     )
+    names = [layer.split("_ffn")[0] for layer in layers]
     for axis, epoch, matrix in zip(axes[0], epochs, matrices, strict=True):
         image = axis.imshow(matrix, vmin=0.0, vmax=vmax, cmap="viridis", aspect="auto")
         axis.set_title(f"epoch {epoch + 1}")
         axis.set_xlabel("expert")
-        axis.set_yticks(
-            range(len(layers)), [layer.split("_ffn")[0] for layer in layers]
-        )
+        axis.set_yticks(range(len(layers)), names if axis is axes[0][0] else [])
     figure.colorbar(image, ax=axes[0].tolist(), label="fraction of tokens (top-1)")
     figure.savefig(path, dpi=100)
     plt.close(figure)

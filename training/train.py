@@ -187,11 +187,35 @@ def read_history(path):
     return {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
 
 
+def export_saved_model(model, tokenizer, path):
+    """A SavedModel with `serve` (token ids -> logits, also `serving_default`)
+    and `tokenize` (strings -> `[PAD]`-padded ids) endpoints; the vocabulary
+    is one of its assets. The serving export with validation, generation and
+    routing signatures is `tf_switch.export`'s job (serving issue)."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(tokenizer)
+    length = model.input_shape[1]
+    archive.add_endpoint(
+        "serve",
+        lambda token_ids: model(token_ids, training=False),
+        input_signature=[tf.TensorSpec([None, length], tf.int32, name="token_ids")],
+    )
+    archive.add_endpoint(
+        "tokenize",
+        lambda strings: tokenizer.tokenize(strings).to_tensor(),
+        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
+    )
+    archive.write_out(path, verbose=False)
+    return path
+
+
 def write_results(model, load_recorder, tokenizer, args):
     """Checkpoint, SavedModel, plots and a text sample, all under --output."""
     model.save(os.path.join(args.output, "model.keras"))
-    export_dir = os.path.join(args.output, "saved_model", "1")
-    model.export(export_dir, format="tf_saved_model", verbose=False)
+    export_dir = export_saved_model(
+        model, tokenizer, os.path.join(args.output, "saved_model", "1")
+    )
     history = read_history(os.path.join(args.output, "history.csv"))
     plots.plot_losses(history, os.path.join(args.output, "loss.png"))
     plots.plot_expert_load(
@@ -244,6 +268,7 @@ def train(args):
         validation_data=validation_windows.dataset(),
         epochs=args.epochs,
         callbacks=callbacks,
+        shuffle=False,  # the windows are already in their (seed, epoch) order
         verbose=2 if not sys.stdout.isatty() else "auto",
     )
     sample, export_dir = write_results(model, load_recorder, tokenizer, args)

@@ -1,0 +1,127 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.training.synthetic import write_corpus
+from training.train import parse_args, train
+
+TINY_FLAGS = [
+    "--epochs",
+    "2",
+    "--steps-per-epoch",
+    "6",
+    "--validation-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--sequence-length",
+    "16",
+    "--vocab-size",
+    "120",
+    "--warmup-steps",
+    "2",
+    "--sample-tokens",
+    "8",
+    "--prompt",
+    "KING:",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _flags(corpus_dir, output, *extra):
+    return ["--data", str(corpus_dir), "--output", str(output), *TINY_FLAGS, *extra]
+
+
+def test_training_job_writes_every_artifact(corpus_dir, tmp_path):
+    train(parse_args(_flags(corpus_dir, tmp_path)))
+    for name in (
+        "model.keras",
+        "vocab.txt",
+        "loss.png",
+        "expert_load.png",
+        "sample.txt",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    export = tmp_path / "saved_model" / "1"
+    assert (export / "assets" / "vocab.txt").exists()
+    loaded = tf.saved_model.load(str(export))
+    ids = loaded.tokenize(tf.constant(["KING:"]))
+    assert ids.dtype == tf.int32 and ids.shape[0] == 1
+    padded = np.zeros((1, 16), np.int32)
+    padded[0, : ids.shape[1]] = ids[0]
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(
+        loaded.serve(tf.constant(padded)), model(padded), rtol=1e-5, atol=1e-5
+    )
+    with open(tmp_path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert "val_perplexity" in rows[0]
+    assert any(key.endswith("/dropped_fraction") for key in rows[0])
+    load = json.loads((tmp_path / "expert_load.json").read_text())
+    assert len(load) == 2 and all(len(v) == 8 for v in load[-1].values())
+
+
+def test_dense_twin_and_config_file(corpus_dir, tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"experts": 0, "epochs": 1}))
+    flags = _flags(corpus_dir, tmp_path / "out", "--config", str(config))
+    args = parse_args(flags)
+    assert args.experts == 0 and args.epochs == 2  # flags override the file
+    model = train(args)
+    assert not any("router" in w.path for w in model.weights)
+
+
+def test_unknown_config_keys_are_refused(tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"epoch": 3}))
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config)])
+
+
+def _run_job(flags, **kwargs):
+    command = [sys.executable, "-m", "training.train", *flags]
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_and_rerun_resumes_to_identical_weights(corpus_dir, tmp_path):
+    extra = ("--epochs", "3", "--steps-per-epoch", "10")
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    reference = _run_job(_flags(corpus_dir, tmp_path / "a", *extra), env=environment)
+    assert reference.wait(timeout=600) == 0
+
+    interrupted = _flags(corpus_dir, tmp_path / "b", *extra)
+    job = _run_job(interrupted, env=environment)
+    metadata = tmp_path / "b" / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 600
+    while not metadata.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job.poll() is None, "the job ended before it could be killed"
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    assert json.loads(metadata.read_text())["epoch"] < 3
+    assert _run_job(interrupted, env=environment).wait(timeout=600) == 0
+
+    weights = [
+        keras.saving.load_model(tmp_path / run / "model.keras").get_weights()
+        for run in ("a", "b")
+    ]
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
