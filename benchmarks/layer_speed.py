@@ -40,9 +40,11 @@ report the best wall time (the statistic least hurt by a noisy shared
 machine) and the median process CPU time; ratios are against the dense FFN
 and the floor of the same block.
 
-Expected run time on 2 cores (fp32, no XLA, 5 rounds; bf16 is about half,
-XLA about the same plus compilation): 4096 tokens, E=8/32/128, both
-capacity factors: ~4 min; 32768 tokens: ~8x that (~30 min at 5 rounds).
+Measured run times on this 2-core machine, all impls, E=8/32/128, both
+capacity factors: 4096 tokens, float32, 5 rounds: 2.5-5 min (E=128 is half of
+it); mixed_bfloat16: ~2 min; XLA on and off for E=8/32: ~2.5 min; 32768
+tokens, float32, 3 rounds: ~11 min. The machine is shared: check the `others`
+column and the NOISY flags, and rerun a block whose wall and CPU ratios differ.
 """
 
 import argparse
@@ -187,31 +189,34 @@ def package_version(name):
         return "not installed"
 
 
-def tf_switch_revision():
-    """The git commit of the `tf_switch` sources, and a hash of their text.
+def tf_switch_revision(source_files=None):
+    """The git commit of `tf_switch`; with `source_files`, also their state.
 
-    The hash tells runs apart when the sources have uncommitted changes.
+    A worker passes the files of the `tf_switch` modules it imported: whether
+    they differ from the commit, and a hash of their text, tell apart runs of
+    different code while the package is being edited.
     """
-    spec = importlib.util.find_spec("tf_switch")
-    package_dir = os.path.dirname(spec.origin)
-    digest = hashlib.sha1()
-    for root, directories, files in os.walk(package_dir):
-        directories.sort()
-        for name in sorted(f for f in files if f.endswith(".py")):
-            with open(os.path.join(root, name), "rb") as source:
-                digest.update(name.encode() + source.read())
+    package_dir = os.path.dirname(importlib.util.find_spec("tf_switch").origin)
     git = ["git", "-C", package_dir]
     try:
         commit = subprocess.run(
             [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         changes = subprocess.run(
-            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True
+            [*git, "status", "--porcelain", "--", *(source_files or ["."])],
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except OSError:
         commit, changes = "", ""
-    state = f"{commit or 'no git'}{' + uncommitted changes' if changes else ''}"
-    return f"{state}, sources {digest.hexdigest()[:10]}"
+    revision = f"{commit or 'no git'}{' + uncommitted changes' if changes else ''}"
+    if source_files:
+        digest = hashlib.sha1()
+        for path in sorted(source_files):
+            with open(path, "rb") as source:
+                digest.update(os.path.basename(path).encode() + source.read())
+        revision += f", layer sources {digest.hexdigest()[:10]}"
+    return revision
 
 
 def machine_description():

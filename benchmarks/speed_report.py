@@ -18,6 +18,9 @@ DENSE_TARGET_TOKENS_PER_EXPERT = 1024
 MODEL_GARDEN_SPEEDUP = 1.4  # MG / gather, with >= 256 tokens/expert
 MODEL_GARDEN_TARGET_TOKENS_PER_EXPERT = 256
 BFLOAT16_SPEEDUP = 1.75  # float32 / mixed_bfloat16, gather
+# A row whose wall-time and CPU-time ratios differ by more than this was
+# disturbed by other work on the machine; its verdict is flagged as NOISY.
+NOISE_TOLERANCE = 0.10
 
 
 def find_record(records, like, **fields):
@@ -79,6 +82,7 @@ TABLE_COLUMNS = (
     ("MG/this", 8),
     ("cpu x dense", 12),
     ("cpu x floor", 12),
+    ("others", 7),
 )
 
 
@@ -99,6 +103,7 @@ def table_row(record):
         format_ratio(record["mg_over_this"]),
         format_ratio(record["cpu_vs_dense"]),
         format_ratio(record["cpu_vs_floor"]),
+        format_ratio(record.get("median_other_cores")),
     )
 
 
@@ -131,7 +136,8 @@ def print_table(records):
     print(
         f"\n== {first['tokens']} tokens, {first['precision']}, XLA "
         f"{first['xla']}: best of {rounds} (ms, tok/s, ratios); CPU ratios "
-        "from median process CPU time; dense and floor from the same N block =="
+        "from median process CPU time; dense and floor from the same N block; "
+        "others: median cores busy with other processes during the steps =="
     )
     print(format_line([title for title, _ in TABLE_COLUMNS]))
     block = None
@@ -200,27 +206,39 @@ def describe(record):
     )
 
 
-def target_misses(checks):
-    """`checks`: (record, value, cpu value, passed) -> lines for the misses."""
-    return [
-        f"      MISS {describe(record)}: {value:.2f} (cpu {cpu_value:.2f})"
-        for record, value, cpu_value, passed in checks
-        if not passed
-    ]
+def is_noisy(value, cpu_value):
+    """Wall and CPU ratios disagree: other work on the machine disturbed it."""
+    return cpu_value is not None and abs(value / cpu_value - 1) > NOISE_TOLERANCE
+
+
+def check_lines(checks):
+    """`checks`: (record, value, cpu value, passed) -> lines for the misses and
+    for the rows whose wall and CPU ratios disagree (verdict uncertain)."""
+    lines = []
+    for record, value, cpu_value, passed in checks:
+        noisy = is_noisy(value, cpu_value)
+        if noisy or not passed:
+            label = ("MISS" if not passed else "met ") + (" NOISY" if noisy else "")
+            cpu = "-" if cpu_value is None else f"{cpu_value:.2f}"
+            lines.append(f"      {label} {describe(record)}: {value:.2f} (cpu {cpu})")
+    return lines
 
 
 def print_target(title, checks):
     if not checks:
         print(f"  {title}: not measured")
         return
-    misses = target_misses(checks)
+    misses = sum(not passed for _, _, _, passed in checks)
+    noisy = sum(is_noisy(value, cpu) for _, value, cpu, _ in checks)
     values = [value for _, value, _, _ in checks]
-    verdict = "MET" if not misses else f"MISSED in {len(misses)}/{len(checks)}"
+    verdict = "MET" if not misses else f"MISSED in {misses}/{len(checks)}"
+    if noisy:
+        verdict += f", {noisy} NOISY (wall and CPU ratios differ > {NOISE_TOLERANCE})"
     print(
         f"  {title}: {verdict} (range {min(values):.2f}-{max(values):.2f} over "
         f"{len(checks)})"
     )
-    for line in misses:
+    for line in check_lines(checks):
         print(line)
 
 

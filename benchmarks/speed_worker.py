@@ -12,6 +12,7 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
 
 import keras
@@ -28,6 +29,7 @@ from speed_report import add_ratios, print_table
 import tf_switch
 
 COMPUTE_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/stat's unit, per second
 
 
 @dataclasses.dataclass
@@ -52,6 +54,7 @@ class Measurement:
     train_step: object
     wall_seconds: list = dataclasses.field(default_factory=list)
     cpu_seconds: list = dataclasses.field(default_factory=list)
+    other_cores: list = dataclasses.field(default_factory=list)
 
 
 def set_precision(precision, impls):
@@ -230,15 +233,30 @@ def make_train_step(layer, jit_compile):
     return train_step
 
 
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has been busy (incl. steal), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / CLOCK_TICKS
+
+
 def run_step(measurement):
-    """One timed step: (wall seconds, process CPU seconds of all threads)."""
+    """One timed step: wall seconds, process CPU seconds (all threads), and
+    the cores that other processes (and the hypervisor) kept busy meanwhile."""
     candidate = measurement.candidate
+    busy_start = busy_cpu_seconds()
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     _, gradients = measurement.train_step(candidate.inputs, candidate.output_gradient)
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    busy_end = busy_cpu_seconds()
     if any(gradient is None for gradient in gradients):
         raise RuntimeError(f"{candidate.impl}: a gradient is None.")
-    return wall, cpu
+    others = None if busy_start is None else (busy_end - busy_start - cpu) / wall
+    return wall, cpu, others
 
 
 def warm_up(measurements, steps):
@@ -253,9 +271,11 @@ def measure_round_robin(measurements, rounds, rng):
         order = list(measurements)
         rng.shuffle(order)
         for measurement in order:
-            wall, cpu = run_step(measurement)
+            wall, cpu, others = run_step(measurement)
             measurement.wall_seconds.append(wall)
             measurement.cpu_seconds.append(cpu)
+            if others is not None:
+                measurement.other_cores.append(max(others, 0.0))
 
 
 def measurement_record(measurement, block_experts, tokens, precision):
@@ -274,6 +294,11 @@ def measurement_record(measurement, block_experts, tokens, precision):
         "median_cpu_ms": 1e3 * statistics.median(measurement.cpu_seconds),
         "wall_ms": [round(1e3 * s, 2) for s in measurement.wall_seconds],
         "cpu_ms": [round(1e3 * s, 2) for s in measurement.cpu_seconds],
+        "median_other_cores": (
+            statistics.median(measurement.other_cores)
+            if measurement.other_cores
+            else None
+        ),
     }
 
 
@@ -303,10 +328,19 @@ def run_block(num_experts, dense, tokens, precision, args, rng):
     return [measurement_record(m, num_experts, tokens, precision) for m in measurements]
 
 
+def imported_tf_switch_files():
+    """The source files of the `tf_switch` modules this process has imported."""
+    return [
+        module.__file__
+        for name, module in sys.modules.items()
+        if name.split(".")[0] == "tf_switch" and getattr(module, "__file__", None)
+    ]
+
+
 def run_worker(args):
     """Measures one (tokens, precision); prints its tables, saves its records."""
     (tokens,), (precision,) = args.tokens, args.precision
-    revision = tf_switch_revision()  # of the sources this process imported
+    revision = tf_switch_revision(imported_tf_switch_files())
     set_precision(precision, args.impls)
     keras.utils.set_random_seed(args.seed)
     rng = random.Random(args.seed)

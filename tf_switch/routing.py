@@ -143,18 +143,13 @@ def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized
         mask = tf.gather(mask, order, batch_dims=1)
     # Rank-major order: [G, k, T] flattened to [G, k*T], so that every token's
     # first choice comes before any token's second choice.
-    gates = tf.reshape(tf.transpose(gates, [0, 2, 1]), [num_groups, -1])
-    experts = tf.reshape(tf.transpose(experts, [0, 2, 1]), [num_groups, -1])
+    num_choices = top_k * tokens_per_group
+    gates = tf.reshape(tf.transpose(gates, [0, 2, 1]), [num_groups, num_choices])
+    experts = tf.reshape(tf.transpose(experts, [0, 2, 1]), [num_groups, num_choices])
     choice_token = tf.tile(token_index, [1, top_k])  # [G, k*T]
     choice_valid = tf.tile(mask, [1, top_k])  # [G, k*T]
 
-    choice_one_hot = tf.one_hot(experts, num_experts, dtype=tf.int32)  # [G, kT, N]
-    choice_one_hot *= tf.cast(choice_valid, tf.int32)[..., None]
-    # Position of each choice in its expert's buffer: how many earlier choices
-    # picked the same expert.
-    position = tf.reduce_sum(
-        (tf.cumsum(choice_one_hot, axis=1) - 1) * choice_one_hot, axis=-1
-    )  # [G, kT]
+    position = positions_in_experts(experts, choice_valid, num_experts)  # [G, kT]
     kept = choice_valid & (position < capacity)  # [G, kT]
 
     # Scatter kept choices into their slots; dropped ones go to a spare slot
@@ -230,3 +225,37 @@ def experts_choose_routing(router_probs, capacity, mask):
         "slot_mask": slot_mask,
         "kept": (times_taken > 0)[..., None],
     }
+
+
+def positions_in_experts(experts, valid, num_experts):
+    """Each choice's position in its expert's buffer, by sorting, not cumsum.
+
+    The position is the number of earlier valid choices in the group that
+    picked the same expert. Sorting the choices by (expert, order) finds it in
+    O(M log M) per group on `[G, M]` tensors; a one-hot cumsum needs `[G, M, N]`
+    ones, whose scan dominated routing at large N.
+
+    Args:
+        experts: `<int32>[G, M]`, the expert of each choice, in priority order.
+        valid: `<bool>[G, M]`; invalid choices take no position.
+        num_experts: N.
+
+    Returns:
+        `<int32>[G, M]`; arbitrary for invalid choices.
+    """
+    num_groups = tf.shape(experts)[0]
+    num_choices = experts.shape[1]
+    bucket = tf.where(valid, experts, num_experts)  # [G, M]; invalid sort last
+    sort_key = bucket * num_choices + tf.range(num_choices)[None, :]  # unique
+    order = tf.argsort(sort_key, axis=-1)  # [G, M]
+    rank = tf.argsort(order, axis=-1)  # [G, M], the inverse permutation
+    group = tf.range(num_groups)[:, None]
+    counts = tf.math.unsorted_segment_sum(
+        tf.ones_like(bucket),
+        group * (num_experts + 1) + bucket,
+        num_groups * (num_experts + 1),
+    )  # [G*(N+1)]
+    starts = tf.cumsum(
+        tf.reshape(counts, [num_groups, num_experts + 1]), axis=-1, exclusive=True
+    )  # [G, N+1]
+    return rank - tf.gather(starts, bucket, batch_dims=1)

@@ -129,6 +129,19 @@ class SwitchFFN(keras.layers.Layer):
         self.router.build((None, tokens_per_group, hidden_dim))
         self.experts.build((self.router.num_experts, None, hidden_dim))
 
+    def _fills_groups(self, inputs):
+        """Whether the tokens statically fill whole groups: no padding needed.
+
+        Padding and cutting it off again cost a copy of the tokens each way
+        (the slice's gradient zero-fills and copies), so skip them when the
+        static shape shows they are no-ops.
+        """
+        token_shape = inputs.shape[:-1]
+        return (
+            token_shape.is_fully_defined()
+            and token_shape.num_elements() % self.group_size == 0
+        )
+
     def _to_groups(self, inputs, padding_mask):
         """Cuts `[..., d]` tokens into `[G, T, d]` groups and a `[G, T]` mask."""
         hidden_dim = inputs.shape[-1]
@@ -146,10 +159,11 @@ class SwitchFFN(keras.layers.Layer):
             return inputs, padding_mask
         tokens = tf.reshape(inputs, [-1, hidden_dim])
         mask = tf.reshape(padding_mask, [-1])
-        num_tokens = tf.shape(tokens)[0]
-        num_padding = -num_tokens % self.group_size
-        tokens = tf.pad(tokens, [[0, num_padding], [0, 0]])
-        mask = tf.pad(mask, [[0, num_padding]], constant_values=False)
+        if not self._fills_groups(inputs):
+            num_tokens = tf.shape(tokens)[0]
+            num_padding = -num_tokens % self.group_size
+            tokens = tf.pad(tokens, [[0, num_padding], [0, 0]])
+            mask = tf.pad(mask, [[0, num_padding]], constant_values=False)
         return (
             tf.reshape(tokens, [-1, self.group_size, hidden_dim]),
             tf.reshape(mask, [-1, self.group_size]),
@@ -174,8 +188,9 @@ class SwitchFFN(keras.layers.Layer):
             expert_outputs, decision, tokens_per_group, self.dispatch
         )  # [G, T, d]
         if self.group_size is not None:
-            num_tokens = tf.reduce_prod(tf.shape(inputs)[:-1])
-            outputs = tf.reshape(outputs, [-1, inputs.shape[-1]])[:num_tokens]
+            outputs = tf.reshape(outputs, [-1, inputs.shape[-1]])
+            if not self._fills_groups(inputs):  # cut the padding off again
+                outputs = outputs[: tf.reduce_prod(tf.shape(inputs)[:-1])]
             outputs = tf.reshape(outputs, tf.shape(inputs))
             outputs.set_shape(inputs.shape)
         if return_router_stats:

@@ -233,7 +233,12 @@ class SwitchRouter(keras.layers.Layer):
             mask = tf.ones(tf.shape(inputs)[:2], dtype=tf.bool)
         else:
             mask = tf.cast(padding_mask, tf.bool)
-        router_logits = tf.matmul(router_inputs, self.kernel)  # [G, T, N]
+        # A 2-D matmul: as a broadcast batch matmul, [G, T, d] x [d, N] is
+        # slower, most of all its gradient with respect to the kernel.
+        router_logits = tf.reshape(
+            tf.matmul(tf.reshape(router_inputs, [-1, inputs.shape[-1]]), self.kernel),
+            [-1, tokens_per_group, self.num_experts],
+        )  # [G, T, N]
         router_probs = tf.nn.softmax(router_logits, axis=-1)  # [G, T, N]
 
         capacity = self.expert_capacity(tokens_per_group, training)
