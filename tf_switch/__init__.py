@@ -4,15 +4,24 @@ Fedus, Zoph & Shazeer, "Switch Transformers: Scaling to Trillion Parameter
 Models with Simple and Efficient Sparsity", arXiv 2101.03961.
 """
 
+# Importing the package registers every serializable class, so that
+# `keras.saving.load_model` finds them in a `.keras` file.
 from tf_switch.initializers import SwitchInitializer
 from tf_switch.layers import ExpertFFN, SwitchBlock, SwitchFFN, SwitchRouter
+from tf_switch.metrics import Perplexity
+from tf_switch.models import SwitchEncoder, SwitchLanguageModel
+from tf_switch.schedules import WarmupSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExpertFFN",
+    "Perplexity",
     "SwitchBlock",
+    "SwitchEncoder",
     "SwitchFFN",
     "SwitchInitializer",
+    "SwitchLanguageModel",
     "SwitchRouter",
+    "WarmupSchedule",
 ]

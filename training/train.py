@@ -22,7 +22,9 @@ import keras
 import tensorflow as tf
 
 from tf_switch import text
+from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchLanguageModel, get_preset, model_report
+from tf_switch.schedules import WarmupSchedule
 from training import corpus as corpus_lib
 from training import plots
 from training.callbacks import (
@@ -32,8 +34,6 @@ from training.callbacks import (
 )
 from training.data import EpochOrderedWindows
 from training.generate import generate_ids
-from training.metrics import Perplexity
-from training.schedules import WarmupSchedule
 
 logger = logging.getLogger("training")
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.schedules import WarmupSchedule
+from tf_switch.schedules import WarmupSchedule
 
 
 @pytest.mark.parametrize("decay", ["inverse_sqrt", "cosine"])
