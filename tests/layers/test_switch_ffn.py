@@ -45,6 +45,8 @@ def test_ones_kernel_sends_everything_to_expert_0_and_drops_past_capacity():
     )
     assert np.all(y[0, 2:] == 0.0)
     assert float(stats["dropped_fraction"]) == pytest.approx(6 / 8)
+    np.testing.assert_array_equal(stats["token_expert"][0], [0, 0] + [-1] * 6)
+    np.testing.assert_allclose(stats["token_probability"], np.full((1, 8), 0.25))
     np.testing.assert_allclose(stats["expert_fraction"], [1, 0, 0, 0])
     # N * sum f_i P_i = 4 * (1 * 1/4) = 1, times alpha = 0.01.
     assert float(stats["load_balance_loss"]) == pytest.approx(1.0)
@@ -152,8 +154,11 @@ def test_group_size_none_needs_sequences():
 
 
 def test_flat_tokens_with_group_size():
-    ffn = SwitchFFN(2, 8, group_size=4)
-    assert ffn(np.ones((6, 4), np.float32)).shape == (6, 4)
+    ffn = SwitchFFN(2, 8, group_size=4, capacity_factor=None)
+    y, stats = ffn(np.ones((6, 4), np.float32), return_router_stats=True)
+    assert y.shape == (6, 4)
+    assert stats["token_expert"].shape == (6,)  # the padded group cut off
+    assert np.all(np.asarray(stats["token_expert"]) >= 0)
 
 
 @st.composite

@@ -58,7 +58,10 @@ class SwitchFFN(keras.layers.Layer):
         padding_mask: optional bool, `inputs.shape[:-1]`; false marks padding.
         training: Python bool.
         return_router_stats: also return the router's statistics (see
-            `SwitchRouter`), for custom training loops.
+            `SwitchRouter`), for custom training loops, plus each token's
+            routing: `token_expert` (`<int32>`, `inputs.shape[:-1]`, its top
+            expert, -1 when dropped or padding) and `token_probability`
+            (`<float32>`, that expert's router probability).
 
     Returns:
         Same shape as `inputs`; with `return_router_stats=True`, a tuple
@@ -169,6 +172,21 @@ class SwitchFFN(keras.layers.Layer):
             tf.reshape(mask, [-1, self.group_size]),
         )
 
+    def _from_groups(self, grouped, inputs):
+        """`[G, T, ...]` back to the token layout of `inputs` (`[..., d]`)."""
+        if self.group_size is None:
+            return grouped
+        trailing = grouped.shape[2:]
+        tokens = tf.reshape(grouped, [-1, *trailing])
+        if not self._fills_groups(inputs):  # cut the padding off again
+            tokens = tokens[: tf.reduce_prod(tf.shape(inputs)[:-1])]
+        shape = tf.concat(
+            [tf.shape(inputs)[:-1], tf.constant(trailing.as_list(), tf.int32)], 0
+        )
+        ungrouped = tf.reshape(tokens, shape)
+        ungrouped.set_shape(inputs.shape[:-1].concatenate(trailing))
+        return ungrouped
+
     def call(self, inputs, padding_mask=None, training=None, return_router_stats=False):
         if (
             padding_mask is not None
@@ -187,14 +205,18 @@ class SwitchFFN(keras.layers.Layer):
         outputs = dispatch_lib.combine(
             expert_outputs, decision, tokens_per_group, self.dispatch
         )  # [G, T, d]
-        if self.group_size is not None:
-            outputs = tf.reshape(outputs, [-1, inputs.shape[-1]])
-            if not self._fills_groups(inputs):  # cut the padding off again
-                outputs = outputs[: tf.reduce_prod(tf.shape(inputs)[:-1])]
-            outputs = tf.reshape(outputs, tf.shape(inputs))
-            outputs.set_shape(inputs.shape)
+        outputs = self._from_groups(outputs, inputs)
         if return_router_stats:
-            return outputs, decision["stats"]
+            probs = decision["router_probs"]  # [G, T, N]
+            first_kept = decision["kept"][..., 0]  # [G, T]
+            top_expert = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            token_expert = tf.where(first_kept, top_expert, -1)
+            token_probability = tf.reduce_max(probs, axis=-1)
+            return outputs, {
+                **decision["stats"],
+                "token_expert": self._from_groups(token_expert, inputs),
+                "token_probability": self._from_groups(token_probability, inputs),
+            }
         return outputs
 
     def compute_mask(self, inputs, mask=None):
