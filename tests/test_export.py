@@ -1,0 +1,168 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from tests.training.synthetic import synthetic_text
+from tf_switch import text
+from tf_switch.export import WARMUP_FILE, export_for_serving, serving_model
+from tf_switch.models import SwitchLanguageModel, get_preset
+
+LENGTH = 12
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocabulary = text.build_vocabulary([synthetic_text(200)], vocab_size=120)
+    return text.WordPieceTokenizer(vocabulary)
+
+
+def _model(tokenizer, num_layers=2):
+    config = get_preset(
+        "tiny",
+        vocab_size=tokenizer.vocab_size,
+        sequence_length=LENGTH,
+        hidden_dim=32,
+        intermediate_dim=64,
+        num_layers=num_layers,
+        num_heads=2,
+        num_experts=4,
+        # Training groups span sequences; serving must route per sequence.
+        switch_options={"group_size": 2 * LENGTH, "eval_capacity_factor": 0.5},
+    )
+    return SwitchLanguageModel(config)
+
+
+@pytest.fixture(scope="module")
+def exported(tokenizer, tmp_path_factory):
+    model = _model(tokenizer)
+    path = export_for_serving(model, tokenizer, tmp_path_factory.mktemp("exports"))
+    return model, path, tf.saved_model.load(path)
+
+
+def _ids(rows, length, seed=0, low=5):
+    rng = np.random.default_rng(seed)
+    return rng.integers(low, 100, size=(rows, length)).astype(np.int32)
+
+
+def test_layout_and_signatures(exported):
+    _, path, loaded = exported
+    assert path.endswith(os.path.join("switch", "1"))
+    assert sorted(loaded.signatures) == ["generate", "route", "serving_default"]
+    for signature in loaded.signatures.values():
+        for spec in signature.structured_outputs.values():
+            assert spec.dtype in (tf.float32, tf.int32, tf.string)
+    assert os.path.exists(os.path.join(path, "assets", "vocab.txt"))
+
+
+def test_serving_default_matches_the_model_and_finds_the_next_token(exported):
+    model, _, loaded = exported
+    ids = _ids(3, 7)
+    ids[1, 4:] = text.PAD_ID  # a shorter, right-padded row
+    out = loaded.signatures["serving_default"](token_ids=tf.constant(ids))
+    padded = np.pad(ids, [[0, 0], [0, LENGTH - 7]])
+    expected = serving_model(model)(padded)[:, :7]
+    np.testing.assert_allclose(out["logits"], expected, rtol=1e-5, atol=1e-5)
+    last = [6, 3, 6]
+    np.testing.assert_array_equal(
+        out["next_token"], [np.argmax(expected[r, last[r]]) for r in range(3)]
+    )
+
+
+def test_a_sequence_does_not_depend_on_its_batch(exported):
+    _, _, loaded = exported
+    serve = loaded.signatures["serving_default"]
+    batch = _ids(4, LENGTH, seed=1)
+    alone = serve(token_ids=tf.constant(batch[2:3]))["logits"]
+    together = serve(token_ids=tf.constant(batch))["logits"][2:3]
+    np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
+    route = loaded.signatures["route"]
+    np.testing.assert_array_equal(
+        route(token_ids=tf.constant(batch[2:3]))["expert"],
+        route(token_ids=tf.constant(batch))["expert"][2:3],
+    )
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (np.array([[5, 500]], np.int32), "vocabulary size"),
+        (np.array([[5, -1]], np.int32), ">= 0"),
+        (np.zeros((1, LENGTH + 1), np.int32), "at most"),
+        (np.zeros((1, 0), np.int32), "at least one"),
+    ],
+)
+def test_invalid_token_ids_are_invalid_argument(exported, ids, message):
+    _, _, loaded = exported
+    for name in ("serving_default", "route"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.signatures[name](token_ids=tf.constant(ids))
+
+
+def test_route_reports_each_switch_layers_expert(exported):
+    _, _, loaded = exported
+    out = loaded.signatures["route"](token_ids=tf.constant(_ids(2, 5)))
+    assert out["expert"].shape == (2, 5, 1)  # one Switch layer of two blocks
+    expert = np.asarray(out["expert"])
+    assert np.all((expert >= -1) & (expert < 4))
+    probability = np.asarray(out["probability"])
+    assert np.all((probability > 0.25 - 1e-6) & (probability <= 1.0))
+
+
+def test_generate_is_deterministic_and_validated(exported):
+    _, _, loaded = exported
+    generate = loaded.signatures["generate"]
+    request = {
+        "prompt": tf.constant(["The king", "A fool loves"]),
+        "max_new_tokens": tf.constant([4, 2]),
+        "temperature": tf.constant([0.0, 1.0]),
+    }
+    first = generate(**request)["text"].numpy()
+    np.testing.assert_array_equal(first, generate(**request)["text"].numpy())
+    assert first[0].decode().startswith("The king")
+    assert first[1].decode().startswith("A fool loves")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must fit"):
+        generate(
+            prompt=tf.constant(["The king"]),
+            max_new_tokens=tf.constant([LENGTH]),
+            temperature=tf.constant([0.0]),
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature"):
+        generate(
+            prompt=tf.constant(["The king"]),
+            max_new_tokens=tf.constant([1]),
+            temperature=tf.constant([-1.0]),
+        )
+
+
+def test_warmup_requests_replay(exported):
+    _, path, loaded = exported
+    records = list(tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)))
+    assert 1 <= len(records) <= 1000
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        loaded.signatures[request.model_spec.signature_name](**inputs)
+
+
+def test_versions_are_new_directories_written_whole(tokenizer, tmp_path):
+    model = _model(tokenizer, num_layers=2)
+    first = export_for_serving(model, tokenizer, tmp_path, model_name="m")
+    second = export_for_serving(model, tokenizer, tmp_path, model_name="m")
+    assert os.path.basename(first) == "1" and os.path.basename(second) == "2"
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]  # no temporary left
+    with pytest.raises(FileExistsError, match="immutable"):
+        export_for_serving(model, tokenizer, tmp_path, model_name="m", version=2)
+
+
+def test_mixed_bfloat16_model_exports_float32_signatures(tokenizer, tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = _model(tokenizer)
+    keras.mixed_precision.set_global_policy("float32")
+    loaded = tf.saved_model.load(export_for_serving(model, tokenizer, tmp_path))
+    out = loaded.signatures["serving_default"](token_ids=tf.constant(_ids(1, 4)))
+    assert out["logits"].dtype == tf.float32

@@ -1,0 +1,274 @@
+"""SavedModel export for TensorFlow Serving.
+
+    from tf_switch.export import export_for_serving
+    path = export_for_serving(model, tokenizer, "exports", model_name="switch")
+    # exports/switch/1/ (the next free version), written atomically
+
+Signatures (all `tensorflow/serving/predict`, float32 / int32 / string in and
+out, never bfloat16, every output batch-major):
+
+- `serving_default`: `token_ids <int32>[batch, length]` (right-padded with
+  `[PAD]` = 0) -> `logits <float32>[batch, length, vocab]` and `next_token
+  <int32>[batch]`, the most probable token after each row's last non-padding
+  token.
+- `generate`: `prompt <string>[batch]`, `max_new_tokens <int32>[batch]`,
+  `temperature <float32>[batch]` -> `text <string>[batch]` (prompt and
+  continuation), tokenized and detokenized in the graph with tensorflow-text.
+  Temperature 0 is greedy; sampling is seeded by the inputs, so a request
+  always gets the same answer.
+- `route`: `token_ids` -> `expert <int32>[batch, length, layers]` (each Switch
+  layer's expert for each token, -1 when dropped) and `probability
+  <float32>[batch, length, layers]` (its router probability).
+
+Serving routes each sequence as its own group, so a sequence's outputs never
+depend on the other sequences of its batch. Inputs are validated in the graph:
+ids in [0, vocab), 1 <= length <= the model's sequence length; a violation is
+an INVALID_ARGUMENT error (HTTP 400), never a silent wrap or zero.
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_switch import text
+from tf_switch.models import SwitchLanguageModel
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def serving_model(model):
+    """A float32 copy of a `SwitchLanguageModel` that routes per sequence.
+
+    Training may group tokens across sequences and run in bfloat16; serving
+    needs per-sequence groups and float32 signatures. The weights are shared
+    by value (`set_weights`), and dropout is inactive at inference anyway.
+    """
+    options = {
+        k: v for k, v in model.config.switch_options.items() if k != "group_size"
+    }
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = SwitchLanguageModel(model.config.replace(switch_options=options))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _route_tokens(model, token_ids):
+    """Runs `model`'s embedding and blocks on `token_ids`, returning each
+    Switch layer's per-token expert and probability, stacked on a last axis."""
+    hidden = model.get_layer("token_embedding")(token_ids)
+    hidden = model.get_layer("position_embedding")(hidden)
+    experts, probabilities = [], []
+    for index in range(model.config.num_layers):
+        block = model.get_layer(f"block_{index}")
+        hidden, stats = block(hidden, training=False, return_router_stats=True)
+        if stats is not None:
+            experts.append(stats["token_expert"])
+            probabilities.append(stats["token_probability"])
+    if not experts:
+        raise ValueError("The model has no Switch layer: there is no routing to show.")
+    return tf.stack(experts, axis=-1), tf.stack(probabilities, axis=-1)
+
+
+class ServingModule(tf.Module):
+    """The model, its tokenizer and the three signatures' functions."""
+
+    def __init__(self, model, tokenizer):
+        super().__init__(name="switch_serving")
+        self.model = serving_model(model)
+        # The routers update their (Keras) metric variables on every call;
+        # a tf.Module must track every variable its functions capture.
+        self.metric_variables = list(self.model.metrics_variables)
+        self.tokenizer = tokenizer
+        self.sequence_length = self.model.input_shape[1]
+        self.vocab_size = self.model.config.vocab_size
+
+    def _checked_padded(self, token_ids):
+        """Validates ids and length; returns ids padded to the model length."""
+        length = tf.shape(token_ids)[1]
+        checks = [
+            tf.debugging.assert_greater_equal(
+                length, 1, message="token_ids must hold at least one token"
+            ),
+            tf.debugging.assert_less_equal(
+                length,
+                self.sequence_length,
+                message=f"token_ids may hold at most {self.sequence_length} tokens",
+            ),
+            tf.debugging.assert_non_negative(
+                token_ids, message="token ids must be >= 0"
+            ),
+            tf.debugging.assert_less(
+                token_ids,
+                self.vocab_size,
+                message=f"token ids must be < the vocabulary size {self.vocab_size}",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            padded = tf.pad(token_ids, [[0, 0], [0, self.sequence_length - length]])
+        return tf.ensure_shape(padded, [None, self.sequence_length])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids")])
+    def serve(self, token_ids):
+        length = tf.shape(token_ids)[1]
+        logits = self.model(self._checked_padded(token_ids), training=False)
+        logits = logits[:, :length]
+        # The last non-padding position of each row (0 for an all-padding row).
+        positions = tf.range(1, length + 1)[None, :]
+        last = tf.reduce_max(tf.where(token_ids != text.PAD_ID, positions, 1), axis=1)
+        last_logits = tf.gather(logits, last - 1, batch_dims=1)
+        next_token = tf.argmax(last_logits, axis=-1, output_type=tf.int32)
+        return {"logits": logits, "next_token": next_token}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids")])
+    def route(self, token_ids):
+        length = tf.shape(token_ids)[1]
+        expert, probability = _route_tokens(self.model, self._checked_padded(token_ids))
+        return {"expert": expert[:, :length], "probability": probability[:, :length]}
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, "prompt"),
+            tf.TensorSpec([None], tf.int32, "max_new_tokens"),
+            tf.TensorSpec([None], tf.float32, "temperature"),
+        ]
+    )
+    def generate(self, prompt, max_new_tokens, temperature):
+        batch = tf.shape(prompt)[0]
+        prompt_ids = self.tokenizer.tokenize(prompt)
+        bos = tf.fill([batch, 1], tf.constant(text.BOS_ID, tf.int32))
+        prompt_ids = tf.concat([bos, prompt_ids], axis=1)
+        start = tf.cast(prompt_ids.row_lengths(), tf.int32)  # [B]
+        window = self.sequence_length
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(max_new_tokens)[0],
+                batch,
+                message="one max_new_tokens per prompt",
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(temperature)[0], batch, message="one temperature per prompt"
+            ),
+            tf.debugging.assert_non_negative(
+                max_new_tokens, message="max_new_tokens must be >= 0"
+            ),
+            tf.debugging.assert_non_negative(
+                temperature, message="temperature must be >= 0"
+            ),
+            tf.debugging.assert_less_equal(
+                start + max_new_tokens,
+                window,
+                message=(
+                    f"the prompt's tokens (plus [BOS]) and max_new_tokens must fit "
+                    f"the model's {window} positions"
+                ),
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            tokens = prompt_ids.to_tensor(
+                default_value=text.PAD_ID, shape=[None, window]
+            )
+        # Sampling seed from the inputs: the same request, the same answer.
+        seed = tf.stack([tf.reduce_sum(start), tf.reduce_sum(max_new_tokens)])
+
+        def step(index, tokens, lengths):
+            logits = self.model(tokens, training=False)  # [B, L, V]
+            last = tf.gather(logits, lengths - 1, batch_dims=1)  # [B, V]
+            scale = tf.maximum(temperature, 1e-6)[:, None]
+            sampled = tf.random.stateless_categorical(
+                last / scale, 1, seed=seed + index, dtype=tf.int32
+            )[:, 0]
+            greedy = tf.argmax(last, axis=-1, output_type=tf.int32)
+            chosen = tf.where(temperature > 0, sampled, greedy)
+            active = index < max_new_tokens
+            position = tf.minimum(lengths, window - 1)
+            rows = tf.range(tf.shape(tokens)[0])
+            updated = tf.tensor_scatter_nd_update(
+                tokens, tf.stack([rows, position], axis=1), chosen
+            )
+            tokens = tf.where(active[:, None], updated, tokens)
+            return index + 1, tokens, lengths + tf.cast(active, tf.int32)
+
+        _, tokens, lengths = tf.while_loop(
+            lambda index, *_: (
+                index < tf.reduce_max(tf.concat([max_new_tokens, [0]], 0))
+            ),
+            step,
+            [tf.constant(0), tokens, start],
+        )
+        completed = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
+        return {"text": self.tokenizer.detokenize(completed)}
+
+
+def _next_version(model_dir):
+    versions = [int(name) for name in os.listdir(model_dir) if name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _write_warmup_requests(export_dir, model_name, sequence_length):
+    """`assets.extra/tf_serving_warmup_requests`: PredictionLog records that TF
+    Serving replays at load time, so the first real request is not slow."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    path = os.path.join(export_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature in ("serving_default", "route"):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = signature
+            ids = np.full((1, sequence_length), text.BOS_ID, np.int32)
+            request.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=None):
+    """Writes `<base_dir>/<model_name>/<version>/` for TensorFlow Serving.
+
+    The SavedModel is written to a temporary directory beside it and renamed
+    into place, so TF Serving (which polls the base path) never sees a
+    half-written version.
+
+    Args:
+        model: a trained `SwitchLanguageModel` (any dtype policy).
+        tokenizer: its `tf_switch.text.WordPieceTokenizer` (the vocabulary
+            becomes an asset of the export).
+        base_dir: TF Serving's `--model_base_path` parent.
+        model_name: the served model's name.
+        version: an int; default the next free version.
+
+    Returns:
+        The version directory.
+    """
+    model_dir = os.path.join(base_dir, model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    version = version or _next_version(model_dir)
+    final_dir = os.path.join(model_dir, str(version))
+    if os.path.exists(final_dir):
+        raise FileExistsError(
+            f"{final_dir} exists; TF Serving versions are immutable. Pass another "
+            "version, or none for the next free one."
+        )
+    module = ServingModule(model, tokenizer)
+    temporary = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
+    tf.saved_model.save(
+        module,
+        temporary,
+        signatures={
+            "serving_default": module.serve,
+            "route": module.route,
+            "generate": module.generate,
+        },
+    )
+    _write_warmup_requests(temporary, model_name, module.sequence_length)
+    os.rename(temporary, final_dir)
+    return final_dir
