@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadfile tests tf_switch training
+	$(PY) -m pytest -n 2 --dist loadfile tests tf_switch training serving
 
 demo: setup
 	$(PY) -m training.train --output runs/demo --epochs 4 --steps-per-epoch 150

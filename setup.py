@@ -10,7 +10,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_packages(include=["tf_switch", "tf_switch.*", "training"]),
+    packages=find_packages(include=["tf_switch", "tf_switch.*", "training", "serving"]),
     python_requires=">=3.10,<3.13",
     install_requires=[
         "tensorflow~=2.20.0",
