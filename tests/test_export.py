@@ -168,3 +168,44 @@ def test_mixed_bfloat16_model_exports_float32_signatures(tokenizer, tmp_path):
     loaded = tf.saved_model.load(export_for_serving(model, tokenizer, tmp_path))
     out = loaded.signatures["serving_default"](token_ids=tf.constant(_ids(1, 4)))
     assert out["logits"].dtype == tf.float32
+
+
+@pytest.mark.parametrize("runner", ["c_api", "tf1"])
+def test_the_export_runs_as_tf_serving_loads_it(exported, runner):
+    from serving import fidelity
+
+    _, path, loaded = exported
+    run = {"c_api": fidelity.run_signature_c_api, "tf1": fidelity.run_signature_tf1}
+    requests = {
+        "serving_default": {"token_ids": _ids(2, 6)},
+        "route": {"token_ids": _ids(2, 6)},
+        "generate": {
+            "prompt": np.array([b"The king", b"A fool"], object),
+            "max_new_tokens": np.array([3, 2], np.int32),
+            "temperature": np.array([0.0, 0.5], np.float32),
+        },
+    }
+    for signature, inputs in requests.items():
+        expected = loaded.signatures[signature](
+            **{k: tf.constant(v) for k, v in inputs.items()}
+        )
+        actual = run[runner](path, signature, inputs)
+        assert sorted(actual) == sorted(expected)
+        for key, value in expected.items():
+            if value.dtype == tf.string:
+                np.testing.assert_array_equal(actual[key], value.numpy())
+            else:
+                np.testing.assert_allclose(actual[key], value, rtol=1e-5, atol=1e-5)
+    with pytest.raises(fidelity.ServingError) as error:
+        run[runner](
+            path, "serving_default", {"token_ids": np.array([[5, 999]], np.int32)}
+        )
+    assert error.value.code == "INVALID_ARGUMENT"
+
+
+def test_the_export_uses_only_servable_ops_and_signatures(exported):
+    from serving import fidelity
+
+    _, path, _ = exported
+    assert fidelity.disallowed_ops(path) == set()
+    assert fidelity.signature_lint(path) == []

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_switch import text
+from tf_switch.layers import SwitchRouter
 from tf_switch.models import SwitchLanguageModel
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -56,6 +57,9 @@ def serving_model(model):
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(model.get_weights())
+    for layer in copy._flatten_layers():
+        if isinstance(layer, SwitchRouter):
+            layer.update_metrics = False  # a request must not write state
     return copy
 
 
@@ -82,9 +86,6 @@ class ServingModule(tf.Module):
     def __init__(self, model, tokenizer):
         super().__init__(name="switch_serving")
         self.model = serving_model(model)
-        # The routers update their (Keras) metric variables on every call;
-        # a tf.Module must track every variable its functions capture.
-        self.metric_variables = list(self.model.metrics_variables)
         self.tokenizer = tokenizer
         self.sequence_length = self.model.input_shape[1]
         self.vocab_size = self.model.config.vocab_size
@@ -260,15 +261,19 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
         )
     module = ServingModule(model, tokenizer)
     temporary = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
-    tf.saved_model.save(
-        module,
-        temporary,
-        signatures={
-            "serving_default": module.serve,
-            "route": module.route,
-            "generate": module.generate,
-        },
-    )
+    # Keras' ExportArchive tracks the model's variables the way the TF1
+    # loader (TF Serving's) restores them; a plain tf.saved_model.save of a
+    # module holding a Keras 3 model does not.
+    archive = keras.export.ExportArchive()
+    archive.track(module.model)
+    archive.track(tokenizer)
+    for name, function in (
+        ("serving_default", module.serve),
+        ("route", module.route),
+        ("generate", module.generate),
+    ):
+        archive.add_endpoint(name, function)
+    archive.write_out(temporary, verbose=False)
     _write_warmup_requests(temporary, model_name, module.sequence_length)
     os.rename(temporary, final_dir)
     return final_dir

@@ -192,6 +192,8 @@ class SwitchRouter(keras.layers.Layer):
         )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="jitter_seed")
+        # Off in serving graphs, which must not write state on each request.
+        self.update_metrics = True
         self.routing_metrics = RouterMetrics(
             num_experts, per_expert=per_expert_metrics, name=self.name
         )
@@ -274,9 +276,10 @@ class SwitchRouter(keras.layers.Layer):
             self.add_loss(self.load_balance_loss_weight * stats["load_balance_loss"])
         if self.router_z_loss_weight > 0:
             self.add_loss(self.router_z_loss_weight * stats["router_z_loss"])
-        self.routing_metrics.update_state(
-            stats, tf.reduce_sum(tf.cast(mask, tf.float32))
-        )
+        if self.update_metrics:
+            self.routing_metrics.update_state(
+                stats, tf.reduce_sum(tf.cast(mask, tf.float32))
+            )
         return {
             **decision,
             "router_logits": router_logits,
