@@ -8,7 +8,8 @@ import keras
 
 def test_readme_usage_example_builds_and_compiles():
     readme = pathlib.Path(__file__).parents[1] / "README.md"
-    (example,) = re.findall(r"```python\n(.*?)```", readme.read_text(), re.DOTALL)
+    usage = readme.read_text().split("## Usage", 1)[1]
+    example = re.search(r"```python\n(.*?)```", usage, re.DOTALL).group(1)
     namespace = {}
     exec(compile(example, "README.md", "exec"), namespace)
     model = namespace["model"]
