@@ -56,7 +56,8 @@ def test_ones_kernel_sends_everything_to_expert_0_and_drops_past_capacity():
 def test_dropped_tokens_output_zero_not_gated_input():
     # Hugging Face switch_transformers regression: dropped tokens came out as
     # p * x instead of 0, adding to the residual twice.
-    ffn = _built(SwitchFFN(2, 4, capacity_factor=0.25, min_capacity=1), (None, 8, 4))
+    # 64 hidden units: a kept token is all-zero only if every ReLU is off.
+    ffn = _built(SwitchFFN(2, 64, capacity_factor=0.25, min_capacity=1), (None, 8, 4))
     ffn.router.kernel.assign(np.ones((4, 2), np.float32))
     y = np.asarray(ffn(_inputs((1, 8, 4)), training=True))
     assert np.all(y[0, 1:] == 0.0)
