@@ -25,7 +25,12 @@ setup(
         # The peer we benchmark against: TF Model Garden's MoeLayer.
         "bench": ["tf-models-official==2.20.0"],
     },
-    entry_points={"console_scripts": ["tf-switch-train = training.train:main"]},
+    entry_points={
+        "console_scripts": [
+            "tf-switch-train = training.train:main",
+            "tf-switch-export = serving.export:main",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3.10",
         "Programming Language :: Python :: 3.11",

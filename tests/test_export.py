@@ -209,3 +209,28 @@ def test_the_export_uses_only_servable_ops_and_signatures(exported):
     _, path, _ = exported
     assert fidelity.disallowed_ops(path) == set()
     assert fidelity.signature_lint(path) == []
+
+
+def test_export_command_line(tokenizer, tmp_path):
+    from serving import export as export_cli
+
+    model = _model(tokenizer)
+    model.save(tmp_path / "model.keras")
+    vocabulary = tokenizer.save_vocabulary(str(tmp_path / "vocab.txt"))
+    flags = ["--model", str(tmp_path / "model.keras"), "--vocabulary", vocabulary]
+    path = export_cli.main([*flags, "--base-dir", str(tmp_path / "exports")])
+    assert path.endswith(os.path.join("switch", "1"))
+    loaded = tf.saved_model.load(path)
+    ids = tf.constant(_ids(1, 4))
+    np.testing.assert_allclose(
+        loaded.signatures["serving_default"](token_ids=ids)["logits"],
+        serving_model(model)(np.pad(ids.numpy(), [[0, 0], [0, LENGTH - 4]]))[:, :4],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    other = text.WordPieceTokenizer(text.build_vocabulary(["a b c"], vocab_size=20))
+    wrong = other.save_vocabulary(str(tmp_path / "other.txt"))
+    with pytest.raises(SystemExit, match="vocabulary"):
+        export_cli.main(
+            ["--model", flags[1], "--vocabulary", wrong, "--base-dir", str(tmp_path)]
+        )
