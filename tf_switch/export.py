@@ -18,7 +18,8 @@ out, never bfloat16, every output batch-major):
   always gets the same answer.
 - `route`: `token_ids` -> `expert <int32>[batch, length, layers]` (each Switch
   layer's expert for each token, -1 when dropped) and `probability
-  <float32>[batch, length, layers]` (its router probability).
+  <float32>[batch, length, layers]` (its router probability); not in the
+  export of a dense model.
 
 Serving routes each sequence as its own group, so a sequence's outputs never
 depend on the other sequences of its batch. Inputs are validated in the graph:
@@ -267,11 +268,11 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
     archive = keras.export.ExportArchive()
     archive.track(module.model)
     archive.track(tokenizer)
-    for name, function in (
-        ("serving_default", module.serve),
-        ("route", module.route),
-        ("generate", module.generate),
-    ):
+    endpoints = {"serving_default": module.serve, "generate": module.generate}
+    config = module.model.config
+    if any(config.is_sparse(index) for index in range(config.num_layers)):
+        endpoints["route"] = module.route  # a dense twin has no routing
+    for name, function in endpoints.items():
         archive.add_endpoint(name, function)
     archive.write_out(temporary, verbose=False)
     _write_warmup_requests(temporary, model_name, module.sequence_length)

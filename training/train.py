@@ -7,8 +7,8 @@
 
 Writes to --output: `backup/` (BackupAndRestore: rerun the same command after a
 crash or `kill -9` to resume), `tensorboard/`, `vocab.txt`, `model.keras`,
-`saved_model/1/` (a SavedModel), `history.csv`, `expert_load.json`,
-`loss.png`, `expert_load.png` and `sample.txt`.
+`serving/switch/<version>/` (a SavedModel for TF Serving), `history.csv`,
+`expert_load.json`, `loss.png`, `expert_load.png` and `sample.txt`.
 """
 
 import argparse
@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from tf_switch import text
+from tf_switch.export import export_for_serving
 from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchLanguageModel, get_preset, model_report
 from tf_switch.schedules import WarmupSchedule
@@ -187,34 +188,13 @@ def read_history(path):
     return {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
 
 
-def export_saved_model(model, tokenizer, path):
-    """A SavedModel with `serve` (token ids -> logits, also `serving_default`)
-    and `tokenize` (strings -> `[PAD]`-padded ids) endpoints; the vocabulary
-    is one of its assets. The serving export with validation, generation and
-    routing signatures is `tf_switch.export`'s job (serving issue)."""
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(tokenizer)
-    length = model.input_shape[1]
-    archive.add_endpoint(
-        "serve",
-        lambda token_ids: model(token_ids, training=False),
-        input_signature=[tf.TensorSpec([None, length], tf.int32, name="token_ids")],
-    )
-    archive.add_endpoint(
-        "tokenize",
-        lambda strings: tokenizer.tokenize(strings).to_tensor(),
-        input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-    )
-    archive.write_out(path, verbose=False)
-    return path
-
-
 def write_results(model, load_recorder, tokenizer, args):
     """Checkpoint, SavedModel, plots and a text sample, all under --output."""
     model.save(os.path.join(args.output, "model.keras"))
-    export_dir = export_saved_model(
-        model, tokenizer, os.path.join(args.output, "saved_model", "1")
+    # The next version under serving/switch/, ready for TF Serving's
+    # --model_base_path (a rerun of a finished job adds a version).
+    export_dir = export_for_serving(
+        model, tokenizer, os.path.join(args.output, "serving"), model_name="switch"
     )
     history = read_history(os.path.join(args.output, "history.csv"))
     plots.plot_losses(history, os.path.join(args.output, "loss.png"))

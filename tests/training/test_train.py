@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests.training.synthetic import write_corpus
+from tf_switch.export import serving_model
 from training.train import parse_args, train
 
 TINY_FLAGS = [
@@ -55,16 +56,17 @@ def test_training_job_writes_every_artifact(corpus_dir, tmp_path):
         "sample.txt",
     ):
         assert (tmp_path / name).stat().st_size > 0, name
-    export = tmp_path / "saved_model" / "1"
+    export = tmp_path / "serving" / "switch" / "1"
     assert (export / "assets" / "vocab.txt").exists()
     loaded = tf.saved_model.load(str(export))
-    ids = loaded.tokenize(tf.constant(["KING:"]))
-    assert ids.dtype == tf.int32 and ids.shape[0] == 1
-    padded = np.zeros((1, 16), np.int32)
-    padded[0, : ids.shape[1]] = ids[0]
+    assert {"serving_default", "generate", "route"} <= set(loaded.signatures)
+    ids = np.array([[2, 10, 11]], np.int32)
     model = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(
-        loaded.serve(tf.constant(padded)), model(padded), rtol=1e-5, atol=1e-5
+        loaded.signatures["serving_default"](token_ids=tf.constant(ids))["logits"],
+        serving_model(model)(np.pad(ids, [[0, 0], [0, 13]]))[:, :3],
+        rtol=1e-5,
+        atol=1e-5,
     )
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
@@ -84,6 +86,8 @@ def test_dense_twin_and_config_file(corpus_dir, tmp_path):
     assert args.experts == 0 and args.epochs == 2  # flags override the file
     model = train(args)
     assert not any("router" in w.path for w in model.weights)
+    export = tf.saved_model.load(str(tmp_path / "out" / "serving" / "switch" / "1"))
+    assert "route" not in export.signatures  # a dense model has no routing
 
 
 def test_unknown_config_keys_are_refused(tmp_path):
