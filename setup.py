@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "tf-switch-train = training.train:main",
             "tf-switch-export = serving.export:main",
+            "tf-switch-server = serving.server:main",
         ]
     },
     classifiers=[

@@ -1,0 +1,403 @@
+"""The local TF Serving-style REST server, over 127.0.0.1 only."""
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+
+from serving import server as server_lib
+from tests.training.synthetic import synthetic_text
+from tf_switch import text
+from tf_switch.export import export_for_serving
+from tf_switch.models import SwitchLanguageModel, get_preset
+
+LENGTH = 12
+NAME = "switch"
+TIMEOUT = 30
+
+
+def _model(tokenizer):
+    config = get_preset(
+        "tiny",
+        vocab_size=tokenizer.vocab_size,
+        sequence_length=LENGTH,
+        hidden_dim=32,
+        intermediate_dim=64,
+        num_layers=2,
+        num_heads=2,
+        num_experts=4,
+        switch_options={"group_size": 2 * LENGTH, "eval_capacity_factor": 0.5},
+    )
+    return SwitchLanguageModel(config)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    vocabulary = text.build_vocabulary([synthetic_text(200)], vocab_size=120)
+    tokenizer = text.WordPieceTokenizer(vocabulary)
+    base = str(tmp_path_factory.mktemp("exports"))
+    model = _model(tokenizer)
+    path = export_for_serving(model, tokenizer, base, model_name=NAME)
+    return {
+        "base": base,
+        "path": path,
+        "loaded": tf.saved_model.load(path),
+        "vocab_size": tokenizer.vocab_size,
+        "model": model,
+        "tokenizer": tokenizer,
+    }
+
+
+def _start(base, **kwargs):
+    server = server_lib.make_server(base, NAME, port=0, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+def _stop(server):
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    server = _start(exported["base"], poll_s=0)
+    yield server
+    _stop(server)
+
+
+def request(server, method, path, body=None, raw=None):
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
+    try:
+        data = raw if raw is not None else None
+        if body is not None:
+            data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        payload = response.read().decode()
+        return response.status, json.loads(payload) if payload else None
+    finally:
+        connection.close()
+
+
+def predict(server, body, path=f"/v1/models/{NAME}:predict"):
+    return request(server, "POST", path, body=body)
+
+
+def _ids(rows, length, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(5, 100, size=(rows, length)).astype(np.int32)
+
+
+def _in_process(exported, signature, **inputs):
+    function = exported["loaded"].signatures[signature]
+    outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def test_status(server):
+    status, body = request(server, "GET", f"/v1/models/{NAME}")
+    assert status == 200
+    assert body == {
+        "model_version_status": [
+            {
+                "version": "1",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
+    assert request(server, "GET", f"/v1/models/{NAME}/versions/1")[0] == 200
+
+
+def test_metadata(server):
+    status, body = request(server, "GET", f"/v1/models/{NAME}/metadata")
+    assert status == 200
+    assert body["model_spec"] == {"name": NAME, "signature_name": "", "version": "1"}
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert sorted(signatures) == ["generate", "route", "serving_default"]
+    default = signatures["serving_default"]
+    assert default["method_name"] == "tensorflow/serving/predict"
+    assert default["inputs"]["token_ids"]["dtype"] == "DT_INT32"
+    assert sorted(default["outputs"]) == ["logits", "next_token"]
+
+
+def test_row_and_columnar_predict_match_the_saved_model(server, exported):
+    ids = _ids(2, 6)
+    expected = _in_process(exported, "serving_default", token_ids=ids)
+    status, body = predict(server, {"instances": ids.tolist()})
+    assert status == 200
+    rows = body["predictions"]
+    assert len(rows) == 2 and sorted(rows[0]) == ["logits", "next_token"]
+    for i in range(2):
+        np.testing.assert_allclose(
+            rows[i]["logits"], expected["logits"][i], rtol=1e-5, atol=1e-6
+        )
+        assert rows[i]["next_token"] == expected["next_token"][i]
+    status, body = predict(server, {"inputs": {"token_ids": ids.tolist()}})
+    assert status == 200
+    np.testing.assert_allclose(
+        body["outputs"]["logits"], expected["logits"], rtol=1e-5, atol=1e-6
+    )
+    assert body["outputs"]["next_token"] == expected["next_token"].tolist()
+    # A bare value is the one input; versions/1 is the served version.
+    status, body2 = predict(
+        server,
+        {"signature_name": "serving_default", "inputs": ids.tolist()},
+        path=f"/v1/models/{NAME}/versions/1:predict",
+    )
+    assert status == 200 and body2 == body
+
+
+def test_route(server, exported):
+    ids = _ids(2, 5, seed=3)
+    expected = _in_process(exported, "route", token_ids=ids)
+    status, body = predict(server, {"signature_name": "route", "inputs": ids.tolist()})
+    assert status == 200
+    assert body["outputs"]["expert"] == expected["expert"].tolist()
+    np.testing.assert_allclose(
+        body["outputs"]["probability"], expected["probability"], rtol=1e-6
+    )
+
+
+def test_generate_with_strings_and_b64(server, exported):
+    prompts = ["The king", "A fool loves"]
+    expected = _in_process(
+        exported,
+        "generate",
+        prompt=np.array(prompts, object),
+        max_new_tokens=np.array([3, 2], np.int32),
+        temperature=np.array([0.0, 0.0], np.float32),
+    )["text"]
+    rows = [
+        {"prompt": p, "max_new_tokens": n, "temperature": 0}
+        for p, n in zip(prompts, [3, 2], strict=True)
+    ]
+    status, body = predict(server, {"signature_name": "generate", "instances": rows})
+    assert status == 200
+    assert body["predictions"] == [t.decode() for t in expected]
+    b64 = [{"b64": base64.b64encode(p.encode()).decode()} for p in prompts]
+    columns = {"prompt": b64, "max_new_tokens": [3, 2], "temperature": [0.0, 0]}
+    status, body = predict(server, {"signature_name": "generate", "inputs": columns})
+    assert status == 200
+    assert body["outputs"] == [t.decode() for t in expected]
+
+
+def test_output_encoding():
+    outputs = {
+        "text": np.array([b"ok", b"\xff\xfe"], object),
+        "raw_bytes": np.array([b"ok", b"x"], object),
+    }
+    body = server_lib.format_outputs(outputs, row_format=True)
+    assert body["predictions"][0] == {"raw_bytes": {"b64": "b2s="}, "text": "ok"}
+    assert body["predictions"][1]["text"] == {"b64": "//4="}
+
+
+BAD_REQUESTS = [
+    ({"instances": [[5, 1.5]]}, "int32"),
+    ({"instances": [[5, True]]}, "int32"),
+    ({"instances": [[5, "7"]]}, "int32"),
+    ({"instances": [[5, 2**40]]}, "out of range"),
+    ({"instances": [[5, -1]]}, ">= 0"),
+    ({"instances": [[5, 500]]}, "vocabulary size"),
+    ({"instances": [[5, 6], [5]]}, "ragged"),
+    ({"inputs": [[5, 6], [5, 6, 7]]}, "ragged"),
+    ({"instances": [[5]], "inputs": [[5]]}, "only one"),
+    ({"signature_name": "serving_default"}, "Missing"),
+    ({"instances": []}, "non-empty"),
+    ({"signature_name": "x", "instances": [[5]]}, 'name: "x" not found'),
+    ({"inputs": {"tokens": [[5]]}}, "tokens"),
+    ({"instances": [{"tokens": [5]}]}, "tokens"),
+    ({"signature_name": "generate", "inputs": {"prompt": ["a"]}}, "missing"),
+    (
+        {
+            "signature_name": "generate",
+            "inputs": {"prompt": [5], "max_new_tokens": [1], "temperature": [0.0]},
+        },
+        "string",
+    ),
+    (
+        {
+            "signature_name": "generate",
+            "inputs": {"prompt": ["a"], "max_new_tokens": [1], "temperature": ["0"]},
+        },
+        "float32",
+    ),
+]
+
+
+def _check_error(status, body, expected_status, exported):
+    assert status == expected_status, body
+    assert set(body) == {"error"}
+    assert "Traceback" not in body["error"]
+    assert exported["base"] not in body["error"]
+    assert exported["path"] not in body["error"]
+
+
+@pytest.mark.parametrize("body, message", BAD_REQUESTS)
+def test_bad_requests_are_400(server, exported, body, message):
+    status, answer = predict(server, body)
+    _check_error(status, answer, 400, exported)
+    assert message in answer["error"]
+
+
+def test_malformed_bodies_are_400(server, exported):
+    for raw in [b"", b"{", b"[1, 2]", b"\xff\xfe", b'{"instances": [[5]']:
+        status, body = request(server, "POST", f"/v1/models/{NAME}:predict", raw=raw)
+        _check_error(status, body, 400, exported)
+
+
+def test_unknown_model_or_version_is_404(server, exported):
+    for method, path in [
+        ("POST", "/v1/models/other:predict"),
+        ("POST", f"/v1/models/{NAME}/versions/7:predict"),
+        ("GET", "/v1/models/other"),
+        ("GET", f"/v1/models/{NAME}/versions/7"),
+        ("GET", f"/v1/models/{NAME}/versions/7/metadata"),
+        ("GET", "/elsewhere"),
+    ]:
+        body = {"instances": [[5]]} if method == "POST" else None
+        status, answer = request(server, method, path, body=body)
+        _check_error(status, answer, 404, exported)
+
+
+def test_wrong_method_or_path_under_v1_is_400(server, exported):
+    # http_rest_api_handler.cc: "Malformed request: METHOD PATH".
+    for method, path in [
+        ("GET", f"/v1/models/{NAME}:predict"),
+        ("POST", f"/v1/models/{NAME}"),
+        ("DELETE", f"/v1/models/{NAME}"),
+        ("POST", f"/v1/models/{NAME}:explode"),
+    ]:
+        status, answer = request(server, method, path)
+        _check_error(status, answer, 400, exported)
+        assert "Malformed request" in answer["error"]
+
+
+def test_oversized_body_is_413(server, exported):
+    raw = b"[" + b"5," * (600 * 1024) + b"5]"
+    status, body = request(server, "POST", f"/v1/models/{NAME}:predict", raw=raw)
+    _check_error(status, body, 413, exported)
+
+
+def test_saturated_server_is_503(server, exported):
+    ids = _ids(1, 4).tolist()
+    acquired = [server.slots.acquire(blocking=False) for _ in range(8)]
+    try:
+        assert all(acquired)
+        status, body = predict(server, {"instances": ids})
+        _check_error(status, body, 503, exported)
+        assert "busy" in body["error"]
+    finally:
+        for _ in acquired:
+            server.slots.release()
+    assert predict(server, {"instances": ids})[0] == 200
+
+
+def test_deadline_is_504(exported):
+    server = _start(exported["base"], poll_s=0, request_timeout_s=1e-4)
+    try:
+        body = {
+            "signature_name": "generate",
+            "instances": [
+                {"prompt": "The king", "max_new_tokens": 8, "temperature": 0}
+            ],
+        }
+        status, answer = predict(server, body)
+        _check_error(status, answer, 504, exported)
+    finally:
+        _stop(server)
+
+
+def test_still_healthy_after_bad_requests_and_under_load(server, exported):
+    # Runs after the bad-request tests (file order).
+    ids = [_ids(2, 5, seed=s) for s in range(8)]
+    expected = [_in_process(exported, "serving_default", token_ids=x) for x in ids]
+    failures = []
+
+    def client(k):
+        for _ in range(10):
+            status, body = predict(server, {"inputs": ids[k].tolist()})
+            try:
+                assert status == 200, body
+                out = body["outputs"]
+                np.testing.assert_allclose(
+                    out["logits"], expected[k]["logits"], rtol=1e-5, atol=1e-6
+                )
+                assert out["next_token"] == expected[k]["next_token"].tolist()
+            except AssertionError as error:
+                failures.append(error)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures[:3]
+    assert time.monotonic() - start < 60
+
+
+def test_ignores_temporary_dirs_and_swaps_in_new_versions(exported, tmp_path):
+    model_dir = tmp_path / NAME
+    model_dir.mkdir()
+    shutil.copytree(exported["path"], model_dir / "1")
+    (model_dir / ".2-tmpxyz").mkdir()
+    (model_dir / "notes").mkdir()
+    server = _start(str(tmp_path), poll_s=0.2)
+    try:
+        assert (
+            request(server, "GET", f"/v1/models/{NAME}")[1]["model_version_status"][0][
+                "version"
+            ]
+            == "1"
+        )
+        export_for_serving(
+            exported["model"], exported["tokenizer"], str(tmp_path), model_name=NAME
+        )
+        assert os.path.isdir(model_dir / "2")
+        deadline = time.monotonic() + 20
+        version = "1"
+        while version != "2" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, body = request(server, "GET", f"/v1/models/{NAME}")
+            version = body["model_version_status"][0]["version"]
+        assert version == "2"
+        ids = _ids(1, 4).tolist()
+        assert predict(server, {"instances": ids})[0] == 200
+        status, _ = predict(server, {"instances": ids}, f"/v1/models/{NAME}/versions/1")
+        assert status == 400  # no :predict verb
+        path = f"/v1/models/{NAME}/versions/1:predict"
+        assert predict(server, {"instances": ids}, path)[0] == 404
+    finally:
+        _stop(server)
+
+
+def test_command_line_parses(exported):
+    with pytest.raises(SystemExit):
+        server_lib.main(["--model_name", NAME])
+
+
+def test_tf_error_messages_lose_stacks_nodes_and_paths():
+    message = (
+        "Graph execution error:\n\nDetected at node a/Assert defined at:\n"
+        '  File "/work/x.py", line 3\nassertion failed: [ids must be >= 0] '
+        "[x (a/y:0) = ] [-1]\n\t [[{{node a/Assert}}]] [Op:__inference_f_1] "
+        "reading /tmp/secret/model"
+    )
+    cleaned = server_lib.clean_message(message)
+    assert cleaned.startswith("assertion failed: [ids must be >= 0]")
+    assert "/work" not in cleaned and "/tmp" not in cleaned and "node" not in cleaned
+    assert "Op:" not in cleaned
