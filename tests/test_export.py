@@ -6,39 +6,19 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tests.training.synthetic import synthetic_text
+from tests.tiny_export import LENGTH, tiny_model, tiny_tokenizer
 from tf_switch import text
 from tf_switch.export import WARMUP_FILE, export_for_serving, serving_model
-from tf_switch.models import SwitchLanguageModel, get_preset
-
-LENGTH = 12
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocabulary = text.build_vocabulary([synthetic_text(200)], vocab_size=120)
-    return text.WordPieceTokenizer(vocabulary)
-
-
-def _model(tokenizer, num_layers=2):
-    config = get_preset(
-        "tiny",
-        vocab_size=tokenizer.vocab_size,
-        sequence_length=LENGTH,
-        hidden_dim=32,
-        intermediate_dim=64,
-        num_layers=num_layers,
-        num_heads=2,
-        num_experts=4,
-        # Training groups span sequences; serving must route per sequence.
-        switch_options={"group_size": 2 * LENGTH, "eval_capacity_factor": 0.5},
-    )
-    return SwitchLanguageModel(config)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def exported(tokenizer, tmp_path_factory):
-    model = _model(tokenizer)
+    model = tiny_model(tokenizer)
     path = export_for_serving(model, tokenizer, tmp_path_factory.mktemp("exports"))
     return model, path, tf.saved_model.load(path)
 
@@ -152,7 +132,7 @@ def test_warmup_requests_replay(exported):
 
 
 def test_versions_are_new_directories_written_whole(tokenizer, tmp_path):
-    model = _model(tokenizer, num_layers=2)
+    model = tiny_model(tokenizer)
     first = export_for_serving(model, tokenizer, tmp_path, model_name="m")
     second = export_for_serving(model, tokenizer, tmp_path, model_name="m")
     assert os.path.basename(first) == "1" and os.path.basename(second) == "2"
@@ -163,7 +143,7 @@ def test_versions_are_new_directories_written_whole(tokenizer, tmp_path):
 
 def test_mixed_bfloat16_model_exports_float32_signatures(tokenizer, tmp_path):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = _model(tokenizer)
+    model = tiny_model(tokenizer)
     keras.mixed_precision.set_global_policy("float32")
     loaded = tf.saved_model.load(export_for_serving(model, tokenizer, tmp_path))
     out = loaded.signatures["serving_default"](token_ids=tf.constant(_ids(1, 4)))
@@ -214,7 +194,7 @@ def test_the_export_uses_only_servable_ops_and_signatures(exported):
 def test_export_command_line(tokenizer, tmp_path):
     from serving import export as export_cli
 
-    model = _model(tokenizer)
+    model = tiny_model(tokenizer)
     model.save(tmp_path / "model.keras")
     vocabulary = tokenizer.save_vocabulary(str(tmp_path / "vocab.txt"))
     flags = ["--model", str(tmp_path / "model.keras"), "--vocabulary", vocabulary]

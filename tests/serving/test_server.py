@@ -14,37 +14,18 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 
 from serving import server as server_lib
-from tests.training.synthetic import synthetic_text
-from tf_switch import text
+from tests.tiny_export import tiny_model, tiny_tokenizer
 from tf_switch.export import export_for_serving
-from tf_switch.models import SwitchLanguageModel, get_preset
 
-LENGTH = 12
 NAME = "switch"
 TIMEOUT = 30
 
 
-def _model(tokenizer):
-    config = get_preset(
-        "tiny",
-        vocab_size=tokenizer.vocab_size,
-        sequence_length=LENGTH,
-        hidden_dim=32,
-        intermediate_dim=64,
-        num_layers=2,
-        num_heads=2,
-        num_experts=4,
-        switch_options={"group_size": 2 * LENGTH, "eval_capacity_factor": 0.5},
-    )
-    return SwitchLanguageModel(config)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    vocabulary = text.build_vocabulary([synthetic_text(200)], vocab_size=120)
-    tokenizer = text.WordPieceTokenizer(vocabulary)
+    tokenizer = tiny_tokenizer()
     base = str(tmp_path_factory.mktemp("exports"))
-    model = _model(tokenizer)
+    model = tiny_model(tokenizer)
     path = export_for_serving(model, tokenizer, base, model_name=NAME)
     return {
         "base": base,

@@ -1,0 +1,262 @@
+"""REST and gRPC clients against the local servers, over 127.0.0.1 only."""
+
+import contextlib
+import io
+import json
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving import client as client_lib
+from serving import server as server_lib
+from serving.client import GrpcClient, RestClient, ServingClientError
+from serving.grpc_server import make_grpc_server
+from tests.training.synthetic import synthetic_text
+from tf_switch import text
+from tf_switch.export import export_for_serving
+from tf_switch.models import SwitchLanguageModel, get_preset
+
+LENGTH = 12
+NAME = "switch"
+TIMEOUT = 30
+
+
+def _model(tokenizer):
+    config = get_preset(
+        "tiny",
+        vocab_size=tokenizer.vocab_size,
+        sequence_length=LENGTH,
+        hidden_dim=32,
+        intermediate_dim=64,
+        num_layers=2,
+        num_heads=2,
+        num_experts=4,
+        switch_options={"group_size": 2 * LENGTH, "eval_capacity_factor": 0.5},
+    )
+    return SwitchLanguageModel(config)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    vocabulary = text.build_vocabulary([synthetic_text(200)], vocab_size=120)
+    tokenizer = text.WordPieceTokenizer(vocabulary)
+    base = str(tmp_path_factory.mktemp("exports"))
+    path = export_for_serving(_model(tokenizer), tokenizer, base, model_name=NAME)
+    return {
+        "base": base,
+        "loaded": tf.saved_model.load(path),
+        "vocab_size": tokenizer.vocab_size,
+    }
+
+
+@pytest.fixture(scope="module")
+def rest_url(exported):
+    server = server_lib.make_server(exported["base"], NAME, port=0, poll_s=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield f"http://{host}:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def grpc_target(exported):
+    server, port = make_grpc_server(exported["base"], NAME, port=0, poll_s=0)
+    yield f"127.0.0.1:{port}"
+    server.stop(None).wait(5)
+    server.manager.stop()
+
+
+@pytest.fixture(scope="module")
+def clients(rest_url, grpc_target):
+    grpc_client = GrpcClient(grpc_target, model_name=NAME, timeout=TIMEOUT)
+    yield {
+        "rest": RestClient(rest_url, model_name=NAME, timeout=TIMEOUT),
+        "grpc": grpc_client,
+    }
+    grpc_client.close()
+
+
+@pytest.fixture(scope="module")
+def stub(grpc_target):
+    channel = grpc.insecure_channel(grpc_target)
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+
+
+def _ids(rows, length, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(5, 100, size=(rows, length)).astype(np.int32)
+
+
+def _in_process(exported, signature, **inputs):
+    function = exported["loaded"].signatures[signature]
+    outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+@pytest.mark.parametrize("kind", ["rest", "grpc"])
+def test_predict_matches_the_saved_model(clients, exported, kind):
+    ids = _ids(2, 6)
+    expected = _in_process(exported, "serving_default", token_ids=ids)
+    # A plain list (int64 once in numpy) is cast to the signature's int32.
+    outputs = clients[kind].predict({"token_ids": ids.tolist()})
+    assert sorted(outputs) == ["logits", "next_token"]
+    assert outputs["logits"].dtype == np.float32
+    assert outputs["logits"].shape == expected["logits"].shape
+    np.testing.assert_allclose(
+        outputs["logits"], expected["logits"], rtol=1e-5, atol=1e-6
+    )
+    assert outputs["next_token"].dtype == np.int32
+    np.testing.assert_array_equal(outputs["next_token"], expected["next_token"])
+
+
+@pytest.mark.parametrize("kind", ["rest", "grpc"])
+def test_route_matches_the_saved_model(clients, exported, kind):
+    ids = _ids(2, 5, seed=3)
+    expected = _in_process(exported, "route", token_ids=ids)
+    outputs = clients[kind].route(ids)
+    assert sorted(outputs) == ["expert", "probability"]
+    np.testing.assert_array_equal(outputs["expert"], expected["expert"])
+    np.testing.assert_allclose(
+        outputs["probability"], expected["probability"], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("kind", ["rest", "grpc"])
+def test_generate_matches_the_saved_model(clients, exported, kind):
+    prompts = ["The king", "A fool loves"]
+    expected = _in_process(
+        exported,
+        "generate",
+        prompt=np.array(prompts, object),
+        max_new_tokens=np.array([3, 3], np.int32),
+        temperature=np.array([0.0, 0.0], np.float32),
+    )["text"]
+    texts = clients[kind].generate(prompts, max_new_tokens=3, temperature=0.0)
+    assert texts == [t.decode() for t in expected]
+    assert all(t.startswith(p.lower()) or t for t, p in zip(texts, prompts))
+    # A single prompt string is a batch of one.
+    assert clients[kind].generate("The king", max_new_tokens=3, temperature=0) == [
+        texts[0]
+    ]
+
+
+def test_metadata_and_status_agree(clients):
+    rest, grpc_meta = clients["rest"].metadata(), clients["grpc"].metadata()
+    assert rest == grpc_meta
+    signatures = rest["metadata"]["signature_def"]["signature_def"]
+    assert sorted(signatures) == ["generate", "route", "serving_default"]
+    status = clients["rest"].status()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_grpc_output_filter(clients, exported):
+    ids = _ids(1, 4, seed=5)
+    expected = _in_process(exported, "serving_default", token_ids=ids)
+    outputs = clients["grpc"].predict({"token_ids": ids}, output_filter=["next_token"])
+    assert sorted(outputs) == ["next_token"]
+    np.testing.assert_array_equal(outputs["next_token"], expected["next_token"])
+    with pytest.raises(ServingClientError) as info:
+        clients["grpc"].predict({"token_ids": ids}, output_filter=["nope"])
+    assert info.value.status == "INVALID_ARGUMENT"
+
+
+def _request(signature="serving_default", model=NAME, **inputs):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def _code(stub, request):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=TIMEOUT)
+    return info.value.code(), info.value.details()
+
+
+def test_grpc_errors(stub, exported):
+    ids = _ids(1, 4)
+    code, message = _code(stub, _request(model="nope", token_ids=ids))
+    assert code == grpc.StatusCode.NOT_FOUND and "nope" in message
+    bad = ids.copy()
+    bad[0, 1] = exported["vocab_size"] + 7
+    code, message = _code(stub, _request(token_ids=bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Traceback" not in message and "/" not in message.replace("</", "")
+    # TF Serving's predict_util.cc: an unknown signature is FAILED_PRECONDITION.
+    code, message = _code(stub, _request(signature="nope", token_ids=ids))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "nope" in message
+    code, message = _code(stub, _request(tokens=ids))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "token_ids" in message
+    code, message = _code(stub, _request(token_ids=ids.astype(np.int64)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "int32" in message
+    # The metadata RPC: a packed SignatureDefMap; other fields are refused.
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = NAME
+    request.metadata_field.append("signature_def")
+    response = stub.GetModelMetadata(request, timeout=TIMEOUT)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signature_map)
+    assert "route" in signature_map.signature_def
+    assert response.model_spec.version.value == 1
+    request.metadata_field[0] = "nope"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetModelMetadata(request, timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_rest_client_errors(clients, exported):
+    bad = _ids(1, 4)
+    bad[0, 0] = exported["vocab_size"] + 3
+    with pytest.raises(ServingClientError) as info:
+        clients["rest"].predict({"token_ids": bad})
+    assert info.value.status == 400 and info.value.message
+    assert "Traceback" not in info.value.message
+    with pytest.raises(ServingClientError) as info:
+        RestClient(clients["rest"].url, model_name="nope").status()
+    assert info.value.status == 404
+    with pytest.raises(ServingClientError) as info:
+        clients["grpc"].predict({"token_ids": bad})
+    assert info.value.status == "INVALID_ARGUMENT"
+
+
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = client_lib.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli(rest_url, grpc_target, clients):
+    expected = clients["rest"].generate(["ROMEO:"], max_new_tokens=4, temperature=0)
+    argv = ["--rest", rest_url, "--model", NAME, "generate", "--prompt", "ROMEO:"]
+    code, out, _ = _cli(argv + ["--max-new-tokens", "4", "--temperature", "0"])
+    assert code == 0 and json.loads(out) == {"text": expected}
+    code, out, _ = _cli(["--grpc", grpc_target, "predict", "--token-ids", "2,10,11"])
+    assert code == 0
+    body = json.loads(out)
+    assert sorted(body) == ["logits", "next_token"]
+    assert np.asarray(body["logits"]).shape == (1, 3, exported_vocab(clients))
+    code, out, _ = _cli(["--rest", rest_url, "route", "--token-ids", "2,10,11"])
+    assert code == 0 and sorted(json.loads(out)) == ["expert", "probability"]
+    code, out, err = _cli(["--rest", rest_url, "predict", "--token-ids", "2,9999"])
+    assert code == 1 and out == "" and err.startswith("error: 400")
+
+
+def exported_vocab(clients):
+    signatures = clients["rest"].metadata()["metadata"]["signature_def"]
+    logits = signatures["signature_def"]["serving_default"]["outputs"]["logits"]
+    return int(logits["tensor_shape"]["dim"][-1]["size"])
