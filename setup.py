@@ -30,6 +30,8 @@ setup(
             "tf-switch-train = training.train:main",
             "tf-switch-export = serving.export:main",
             "tf-switch-server = serving.server:main",
+            "tf-switch-grpc-server = serving.grpc_server:main",
+            "tf-switch-client = serving.client:main",
         ]
     },
     classifiers=[

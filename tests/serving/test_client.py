@@ -20,37 +20,18 @@ from serving import client as client_lib
 from serving import server as server_lib
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_server import make_grpc_server
-from tests.training.synthetic import synthetic_text
-from tf_switch import text
+from tests.tiny_export import tiny_model, tiny_tokenizer
 from tf_switch.export import export_for_serving
-from tf_switch.models import SwitchLanguageModel, get_preset
 
-LENGTH = 12
 NAME = "switch"
 TIMEOUT = 30
 
 
-def _model(tokenizer):
-    config = get_preset(
-        "tiny",
-        vocab_size=tokenizer.vocab_size,
-        sequence_length=LENGTH,
-        hidden_dim=32,
-        intermediate_dim=64,
-        num_layers=2,
-        num_heads=2,
-        num_experts=4,
-        switch_options={"group_size": 2 * LENGTH, "eval_capacity_factor": 0.5},
-    )
-    return SwitchLanguageModel(config)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    vocabulary = text.build_vocabulary([synthetic_text(200)], vocab_size=120)
-    tokenizer = text.WordPieceTokenizer(vocabulary)
+    tokenizer = tiny_tokenizer()
     base = str(tmp_path_factory.mktemp("exports"))
-    path = export_for_serving(_model(tokenizer), tokenizer, base, model_name=NAME)
+    path = export_for_serving(tiny_model(tokenizer), tokenizer, base, model_name=NAME)
     return {
         "base": base,
         "loaded": tf.saved_model.load(path),
@@ -145,7 +126,6 @@ def test_generate_matches_the_saved_model(clients, exported, kind):
     )["text"]
     texts = clients[kind].generate(prompts, max_new_tokens=3, temperature=0.0)
     assert texts == [t.decode() for t in expected]
-    assert all(t.startswith(p.lower()) or t for t, p in zip(texts, prompts))
     # A single prompt string is a batch of one.
     assert clients[kind].generate("The king", max_new_tokens=3, temperature=0) == [
         texts[0]
@@ -195,7 +175,7 @@ def test_grpc_errors(stub, exported):
     bad[0, 1] = exported["vocab_size"] + 7
     code, message = _code(stub, _request(token_ids=bad))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "Traceback" not in message and "/" not in message.replace("</", "")
+    assert "Traceback" not in message and ".py" not in message and "node" not in message
     # TF Serving's predict_util.cc: an unknown signature is FAILED_PRECONDITION.
     code, message = _code(stub, _request(signature="nope", token_ids=ids))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "nope" in message
@@ -240,7 +220,7 @@ def _cli(argv):
     return code, out.getvalue(), err.getvalue()
 
 
-def test_cli(rest_url, grpc_target, clients):
+def test_cli(rest_url, grpc_target, clients, exported):
     expected = clients["rest"].generate(["ROMEO:"], max_new_tokens=4, temperature=0)
     argv = ["--rest", rest_url, "--model", NAME, "generate", "--prompt", "ROMEO:"]
     code, out, _ = _cli(argv + ["--max-new-tokens", "4", "--temperature", "0"])
@@ -249,14 +229,8 @@ def test_cli(rest_url, grpc_target, clients):
     assert code == 0
     body = json.loads(out)
     assert sorted(body) == ["logits", "next_token"]
-    assert np.asarray(body["logits"]).shape == (1, 3, exported_vocab(clients))
+    assert np.asarray(body["logits"]).shape == (1, 3, exported["vocab_size"])
     code, out, _ = _cli(["--rest", rest_url, "route", "--token-ids", "2,10,11"])
     assert code == 0 and sorted(json.loads(out)) == ["expert", "probability"]
     code, out, err = _cli(["--rest", rest_url, "predict", "--token-ids", "2,9999"])
     assert code == 1 and out == "" and err.startswith("error: 400")
-
-
-def exported_vocab(clients):
-    signatures = clients["rest"].metadata()["metadata"]["signature_def"]
-    logits = signatures["signature_def"]["serving_default"]["outputs"]["logits"]
-    return int(logits["tensor_shape"]["dim"][-1]["size"])
