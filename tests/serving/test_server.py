@@ -382,3 +382,58 @@ def test_tf_error_messages_lose_stacks_nodes_and_paths():
     assert cleaned.startswith("assertion failed: [ids must be >= 0]")
     assert "/work" not in cleaned and "/tmp" not in cleaned and "node" not in cleaned
     assert "Op:" not in cleaned
+
+
+@pytest.mark.slow
+def test_version_swap_under_load_fails_no_request(exported, tmp_path):
+    # The load: 16 clients, at least 50 requests each, kept going
+    # until version 2 has been exported and swapped in; version 2 holds the
+    # same weights, so every answer must equal the in-process one.
+    shutil.copytree(exported["path"], tmp_path / NAME / "1")
+    server = _start(str(tmp_path), poll_s=0.2, max_concurrent=16)
+    ids = [_ids(1, 6, seed=s) for s in range(16)]
+    expected = [_in_process(exported, "serving_default", token_ids=x) for x in ids]
+    failures, counts, swapped = [], [0] * 16, threading.Event()
+
+    def client(k):
+        deadline = time.monotonic() + 120
+        while (counts[k] < 50 or not swapped.is_set()) and time.monotonic() < deadline:
+            status, body = predict(server, {"inputs": ids[k].tolist()})
+            counts[k] += 1
+            try:
+                assert status == 200, body
+                np.testing.assert_allclose(
+                    body["outputs"]["logits"],
+                    expected[k]["logits"],
+                    rtol=1e-5,
+                    atol=1e-6,
+                )
+            except AssertionError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    try:
+        for thread in threads:
+            thread.start()
+        export_for_serving(
+            exported["model"], exported["tokenizer"], str(tmp_path), model_name=NAME
+        )
+        deadline = time.monotonic() + 60
+        version = "1"
+        while version != "2" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, body = request(server, "GET", f"/v1/models/{NAME}")
+            version = body["model_version_status"][0]["version"]
+        assert version == "2"
+        before = sum(counts)
+        while sum(counts) < before + 32 and time.monotonic() < deadline:
+            time.sleep(0.05)  # requests answered by the new version
+        swapped.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+        assert not failures, failures[:3]
+        assert min(counts) >= 50
+    finally:
+        swapped.set()
+        _stop(server)
