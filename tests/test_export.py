@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tests.tiny_export import LENGTH, tiny_model, tiny_tokenizer
+from tests.tiny_export import LENGTH, random_token_ids, tiny_model, tiny_tokenizer
 from tf_switch import text
 from tf_switch.export import WARMUP_FILE, export_for_serving, serving_model
 
@@ -23,11 +23,6 @@ def exported(tokenizer, tmp_path_factory):
     return model, path, tf.saved_model.load(path)
 
 
-def _ids(rows, length, seed=0, low=5):
-    rng = np.random.default_rng(seed)
-    return rng.integers(low, 100, size=(rows, length)).astype(np.int32)
-
-
 def test_layout_and_signatures(exported):
     _, path, loaded = exported
     assert path.endswith(os.path.join("switch", "1"))
@@ -40,7 +35,7 @@ def test_layout_and_signatures(exported):
 
 def test_serving_default_matches_the_model_and_finds_the_next_token(exported):
     model, _, loaded = exported
-    ids = _ids(3, 7)
+    ids = random_token_ids(3, 7)
     ids[1, 4:] = text.PAD_ID  # a shorter, right-padded row
     out = loaded.signatures["serving_default"](token_ids=tf.constant(ids))
     padded = np.pad(ids, [[0, 0], [0, LENGTH - 7]])
@@ -55,7 +50,7 @@ def test_serving_default_matches_the_model_and_finds_the_next_token(exported):
 def test_a_sequence_does_not_depend_on_its_batch(exported):
     _, _, loaded = exported
     serve = loaded.signatures["serving_default"]
-    batch = _ids(4, LENGTH, seed=1)
+    batch = random_token_ids(4, LENGTH, seed=1)
     # Row 3 comes second in its training group of two sequences: with
     # training groups, row 2 would take expert capacity before it.
     alone = serve(token_ids=tf.constant(batch[3:4]))["logits"]
@@ -86,7 +81,7 @@ def test_invalid_token_ids_are_invalid_argument(exported, ids, message):
 
 def test_route_reports_each_switch_layers_expert(exported):
     _, _, loaded = exported
-    out = loaded.signatures["route"](token_ids=tf.constant(_ids(2, 5)))
+    out = loaded.signatures["route"](token_ids=tf.constant(random_token_ids(2, 5)))
     assert out["expert"].shape == (2, 5, 1)  # one Switch layer of two blocks
     expert = np.asarray(out["expert"])
     assert np.all((expert >= -1) & (expert < 4))
@@ -146,7 +141,9 @@ def test_mixed_bfloat16_model_exports_float32_signatures(tokenizer, tmp_path):
     model = tiny_model(tokenizer)
     keras.mixed_precision.set_global_policy("float32")
     loaded = tf.saved_model.load(export_for_serving(model, tokenizer, tmp_path))
-    out = loaded.signatures["serving_default"](token_ids=tf.constant(_ids(1, 4)))
+    out = loaded.signatures["serving_default"](
+        token_ids=tf.constant(random_token_ids(1, 4))
+    )
     assert out["logits"].dtype == tf.float32
 
 
@@ -157,8 +154,8 @@ def test_the_export_runs_as_tf_serving_loads_it(exported, runner):
     _, path, loaded = exported
     run = {"c_api": fidelity.run_signature_c_api, "tf1": fidelity.run_signature_tf1}
     requests = {
-        "serving_default": {"token_ids": _ids(2, 6)},
-        "route": {"token_ids": _ids(2, 6)},
+        "serving_default": {"token_ids": random_token_ids(2, 6)},
+        "route": {"token_ids": random_token_ids(2, 6)},
         "generate": {
             "prompt": np.array([b"The king", b"A fool"], object),
             "max_new_tokens": np.array([3, 2], np.int32),
@@ -201,7 +198,7 @@ def test_export_command_line(tokenizer, tmp_path):
     path = export_cli.main([*flags, "--base-dir", str(tmp_path / "exports")])
     assert path.endswith(os.path.join("switch", "1"))
     loaded = tf.saved_model.load(path)
-    ids = tf.constant(_ids(1, 4))
+    ids = tf.constant(random_token_ids(1, 4))
     np.testing.assert_allclose(
         loaded.signatures["serving_default"](token_ids=ids)["logits"],
         serving_model(model)(np.pad(ids.numpy(), [[0, 0], [0, LENGTH - 4]]))[:, :4],

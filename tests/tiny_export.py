@@ -1,5 +1,8 @@
 """A tiny tokenizer and Switch LM for export and serving tests."""
 
+import numpy as np
+import tensorflow as tf
+
 from tests.training.synthetic import synthetic_text
 from tf_switch import text
 from tf_switch.models import SwitchLanguageModel, get_preset
@@ -27,3 +30,17 @@ def tiny_model(tokenizer, num_layers=2):
         switch_options={"group_size": 2 * LENGTH, "eval_capacity_factor": 0.5},
     )
     return SwitchLanguageModel(config)
+
+
+def random_token_ids(rows, length, seed=0):
+    """`<int32>[rows, length]` ids in [5, 100), away from the special tokens."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(5, 100, size=(rows, length)).astype(np.int32)
+
+
+def run_in_process(loaded, signature, **inputs):
+    """A loaded SavedModel's signature on NumPy inputs, as NumPy outputs."""
+    outputs = loaded.signatures[signature](
+        **{name: tf.constant(value) for name, value in inputs.items()}
+    )
+    return {name: value.numpy() for name, value in outputs.items()}

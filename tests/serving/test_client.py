@@ -20,7 +20,12 @@ from serving import client as client_lib
 from serving import server as server_lib
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_server import make_grpc_server
-from tests.tiny_export import tiny_model, tiny_tokenizer
+from tests.tiny_export import (
+    random_token_ids,
+    run_in_process,
+    tiny_model,
+    tiny_tokenizer,
+)
 from tf_switch.export import export_for_serving
 
 NAME = "switch"
@@ -75,21 +80,10 @@ def stub(grpc_target):
     channel.close()
 
 
-def _ids(rows, length, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(5, 100, size=(rows, length)).astype(np.int32)
-
-
-def _in_process(exported, signature, **inputs):
-    function = exported["loaded"].signatures[signature]
-    outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
-    return {k: v.numpy() for k, v in outputs.items()}
-
-
 @pytest.mark.parametrize("kind", ["rest", "grpc"])
 def test_predict_matches_the_saved_model(clients, exported, kind):
-    ids = _ids(2, 6)
-    expected = _in_process(exported, "serving_default", token_ids=ids)
+    ids = random_token_ids(2, 6)
+    expected = run_in_process(exported["loaded"], "serving_default", token_ids=ids)
     # A plain list (int64 once in numpy) is cast to the signature's int32.
     outputs = clients[kind].predict({"token_ids": ids.tolist()})
     assert sorted(outputs) == ["logits", "next_token"]
@@ -104,8 +98,8 @@ def test_predict_matches_the_saved_model(clients, exported, kind):
 
 @pytest.mark.parametrize("kind", ["rest", "grpc"])
 def test_route_matches_the_saved_model(clients, exported, kind):
-    ids = _ids(2, 5, seed=3)
-    expected = _in_process(exported, "route", token_ids=ids)
+    ids = random_token_ids(2, 5, seed=3)
+    expected = run_in_process(exported["loaded"], "route", token_ids=ids)
     outputs = clients[kind].route(ids)
     assert sorted(outputs) == ["expert", "probability"]
     np.testing.assert_array_equal(outputs["expert"], expected["expert"])
@@ -117,8 +111,8 @@ def test_route_matches_the_saved_model(clients, exported, kind):
 @pytest.mark.parametrize("kind", ["rest", "grpc"])
 def test_generate_matches_the_saved_model(clients, exported, kind):
     prompts = ["The king", "A fool loves"]
-    expected = _in_process(
-        exported,
+    expected = run_in_process(
+        exported["loaded"],
         "generate",
         prompt=np.array(prompts, object),
         max_new_tokens=np.array([3, 3], np.int32),
@@ -142,8 +136,8 @@ def test_metadata_and_status_agree(clients):
 
 
 def test_grpc_output_filter(clients, exported):
-    ids = _ids(1, 4, seed=5)
-    expected = _in_process(exported, "serving_default", token_ids=ids)
+    ids = random_token_ids(1, 4, seed=5)
+    expected = run_in_process(exported["loaded"], "serving_default", token_ids=ids)
     outputs = clients["grpc"].predict({"token_ids": ids}, output_filter=["next_token"])
     assert sorted(outputs) == ["next_token"]
     np.testing.assert_array_equal(outputs["next_token"], expected["next_token"])
@@ -168,7 +162,7 @@ def _code(stub, request):
 
 
 def test_grpc_errors(stub, exported):
-    ids = _ids(1, 4)
+    ids = random_token_ids(1, 4)
     code, message = _code(stub, _request(model="nope", token_ids=ids))
     assert code == grpc.StatusCode.NOT_FOUND and "nope" in message
     bad = ids.copy()
@@ -199,7 +193,7 @@ def test_grpc_errors(stub, exported):
 
 
 def test_rest_client_errors(clients, exported):
-    bad = _ids(1, 4)
+    bad = random_token_ids(1, 4)
     bad[0, 0] = exported["vocab_size"] + 3
     with pytest.raises(ServingClientError) as info:
         clients["rest"].predict({"token_ids": bad})

@@ -14,7 +14,12 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 
 from serving import server as server_lib
-from tests.tiny_export import tiny_model, tiny_tokenizer
+from tests.tiny_export import (
+    random_token_ids,
+    run_in_process,
+    tiny_model,
+    tiny_tokenizer,
+)
 from tf_switch.export import export_for_serving
 
 NAME = "switch"
@@ -72,19 +77,19 @@ def request(server, method, path, body=None, raw=None):
         connection.close()
 
 
+def _wait_for_version(server, version, seconds):
+    """Polls the model status until `version` is served; returns the last one."""
+    deadline = time.monotonic() + seconds
+    served = None
+    while served != version and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status, body = request(server, "GET", f"/v1/models/{NAME}")
+        served = body["model_version_status"][0]["version"]
+    return served
+
+
 def predict(server, body, path=f"/v1/models/{NAME}:predict"):
     return request(server, "POST", path, body=body)
-
-
-def _ids(rows, length, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(5, 100, size=(rows, length)).astype(np.int32)
-
-
-def _in_process(exported, signature, **inputs):
-    function = exported["loaded"].signatures[signature]
-    outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
-    return {k: v.numpy() for k, v in outputs.items()}
 
 
 def test_status(server):
@@ -115,8 +120,8 @@ def test_metadata(server):
 
 
 def test_row_and_columnar_predict_match_the_saved_model(server, exported):
-    ids = _ids(2, 6)
-    expected = _in_process(exported, "serving_default", token_ids=ids)
+    ids = random_token_ids(2, 6)
+    expected = run_in_process(exported["loaded"], "serving_default", token_ids=ids)
     status, body = predict(server, {"instances": ids.tolist()})
     assert status == 200
     rows = body["predictions"]
@@ -142,8 +147,8 @@ def test_row_and_columnar_predict_match_the_saved_model(server, exported):
 
 
 def test_route(server, exported):
-    ids = _ids(2, 5, seed=3)
-    expected = _in_process(exported, "route", token_ids=ids)
+    ids = random_token_ids(2, 5, seed=3)
+    expected = run_in_process(exported["loaded"], "route", token_ids=ids)
     status, body = predict(server, {"signature_name": "route", "inputs": ids.tolist()})
     assert status == 200
     assert body["outputs"]["expert"] == expected["expert"].tolist()
@@ -154,8 +159,8 @@ def test_route(server, exported):
 
 def test_generate_with_strings_and_b64(server, exported):
     prompts = ["The king", "A fool loves"]
-    expected = _in_process(
-        exported,
+    expected = run_in_process(
+        exported["loaded"],
         "generate",
         prompt=np.array(prompts, object),
         max_new_tokens=np.array([3, 2], np.int32),
@@ -273,7 +278,7 @@ def test_oversized_body_is_413(server, exported):
 
 
 def test_saturated_server_is_503(server, exported):
-    ids = _ids(1, 4).tolist()
+    ids = random_token_ids(1, 4).tolist()
     acquired = [server.slots.acquire(blocking=False) for _ in range(8)]
     try:
         assert all(acquired)
@@ -303,8 +308,10 @@ def test_deadline_is_504(exported):
 
 def test_still_healthy_after_bad_requests_and_under_load(server, exported):
     # Runs after the bad-request tests (file order).
-    ids = [_ids(2, 5, seed=s) for s in range(8)]
-    expected = [_in_process(exported, "serving_default", token_ids=x) for x in ids]
+    ids = [random_token_ids(2, 5, seed=s) for s in range(8)]
+    expected = [
+        run_in_process(exported["loaded"], "serving_default", token_ids=x) for x in ids
+    ]
     failures = []
 
     def client(k):
@@ -349,14 +356,8 @@ def test_ignores_temporary_dirs_and_swaps_in_new_versions(exported, tmp_path):
             exported["model"], exported["tokenizer"], str(tmp_path), model_name=NAME
         )
         assert os.path.isdir(model_dir / "2")
-        deadline = time.monotonic() + 20
-        version = "1"
-        while version != "2" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status, body = request(server, "GET", f"/v1/models/{NAME}")
-            version = body["model_version_status"][0]["version"]
-        assert version == "2"
-        ids = _ids(1, 4).tolist()
+        assert _wait_for_version(server, "2", seconds=20) == "2"
+        ids = random_token_ids(1, 4).tolist()
         assert predict(server, {"instances": ids})[0] == 200
         status, _ = predict(server, {"instances": ids}, f"/v1/models/{NAME}/versions/1")
         assert status == 400  # no :predict verb
@@ -391,8 +392,10 @@ def test_version_swap_under_load_fails_no_request(exported, tmp_path):
     # same weights, so every answer must equal the in-process one.
     shutil.copytree(exported["path"], tmp_path / NAME / "1")
     server = _start(str(tmp_path), poll_s=0.2, max_concurrent=16)
-    ids = [_ids(1, 6, seed=s) for s in range(16)]
-    expected = [_in_process(exported, "serving_default", token_ids=x) for x in ids]
+    ids = [random_token_ids(1, 6, seed=s) for s in range(16)]
+    expected = [
+        run_in_process(exported["loaded"], "serving_default", token_ids=x) for x in ids
+    ]
     failures, counts, swapped = [], [0] * 16, threading.Event()
 
     def client(k):
@@ -419,12 +422,7 @@ def test_version_swap_under_load_fails_no_request(exported, tmp_path):
             exported["model"], exported["tokenizer"], str(tmp_path), model_name=NAME
         )
         deadline = time.monotonic() + 60
-        version = "1"
-        while version != "2" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status, body = request(server, "GET", f"/v1/models/{NAME}")
-            version = body["model_version_status"][0]["version"]
-        assert version == "2"
+        assert _wait_for_version(server, "2", seconds=60) == "2"
         before = sum(counts)
         while sum(counts) < before + 32 and time.monotonic() < deadline:
             time.sleep(0.05)  # requests answered by the new version
