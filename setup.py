@@ -21,7 +21,15 @@ setup(
         "matplotlib",  # the training job's plots
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist", "hypothesis>=6", "ruff"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist",
+            "hypothesis>=6",
+            "ruff",
+            # CI executes the Colab notebooks on CPU.
+            "papermill>=2.6",
+            "ipykernel",
+        ],
         # The peer we benchmark against: TF Model Garden's MoeLayer.
         "bench": ["tf-models-official==2.20.0"],
     },

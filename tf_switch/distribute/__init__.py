@@ -1,0 +1,1 @@
+"""Training across devices and machines with `tf.distribute`."""
