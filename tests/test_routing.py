@@ -49,6 +49,21 @@ def test_load_balancing_loss_ignores_padding():
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
+def test_load_balancing_loss_averages_groups_and_skips_empty_ones():
+    probs = np.array(
+        [
+            [[0.9, 0.1], [0.8, 0.2]],  # f = [1, 0], P = [.85, .15]: 2 * .85
+            [[0.3, 0.7], [0.6, 0.4]],  # f = [.5, .5], P = [.45, .55]: 1
+            [[0.5, 0.5], [0.5, 0.5]],  # all padding: not counted
+        ],
+        np.float32,
+    )
+    top1 = probs.argmax(-1).astype(np.int32)
+    mask = np.array([[True, True], [True, True], [False, False]])
+    loss = routing.load_balancing_loss(probs, top1, mask)
+    assert float(loss) == pytest.approx((1.7 + 1.0) / 2, rel=1e-6)
+
+
 def test_balanced_routing_scores_one():
     probs = np.full((2, 8, 4), 0.25, np.float32)
     top1 = np.tile(np.arange(4, dtype=np.int32), 4).reshape(2, 8)

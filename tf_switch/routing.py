@@ -71,8 +71,12 @@ def expert_fraction(expert_index, num_experts, mask):
 def load_balancing_loss(router_probs, expert_index, mask):
     """Switch auxiliary loss N * sum_i f_i * P_i, unweighted (paper Eq. 4-6).
 
-    Equals 1 when routing is perfectly balanced. Computed over all valid tokens
-    of one layer call; padding tokens count for neither f nor P.
+    Equals 1 when routing is perfectly balanced. f and P are taken over each
+    group's valid tokens and the per-group losses averaged over the groups
+    that hold any (Mesh TF and Flaxformer, the paper's code, do the same).
+    A mean over groups splits exactly over data-parallel replicas: the mean
+    of the replicas' losses is the loss of their global batch, as on one
+    device. Padding tokens count for neither f nor P.
 
     Args:
         router_probs: `<float32>[G, T, N]`.
@@ -83,9 +87,12 @@ def load_balancing_loss(router_probs, expert_index, mask):
         `<float32>[]`.
     """
     num_experts = router_probs.shape[-1]
-    fraction = expert_fraction(expert_index, num_experts, mask)  # [N]
-    mean_prob = masked_mean(router_probs, mask[..., None], axis=(0, 1))  # [N]
-    return num_experts * tf.reduce_sum(fraction * mean_prob)
+    token_mask = mask[..., None]  # [G, T, 1]
+    one_hot = tf.one_hot(expert_index, num_experts, dtype=tf.float32)  # [G, T, N]
+    fraction = masked_mean(one_hot, token_mask, axis=1)  # [G, N]
+    mean_prob = masked_mean(router_probs, token_mask, axis=1)  # [G, N]
+    group_loss = num_experts * tf.reduce_sum(fraction * mean_prob, axis=-1)  # [G]
+    return masked_mean(group_loss, tf.reduce_any(mask, axis=-1))
 
 
 def router_z_loss(router_logits, mask):

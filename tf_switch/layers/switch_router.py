@@ -41,7 +41,8 @@ class SwitchRouter(keras.layers.Layer):
 
     Losses, added with `add_loss` already weighted, on every call:
     `load_balance_loss_weight * N * sum_i f_i P_i` (paper Eq. 4, f_i counted
-    from top-1 choices before dropping, padding excluded) and
+    from top-1 choices before dropping, per group and averaged over groups,
+    padding excluded) and
     `router_z_loss_weight * mean(logsumexp(h)^2)` (ST-MoE, arXiv 2202.08906).
 
     Args:
