@@ -1,7 +1,10 @@
 """N feed-forward experts with stacked kernels."""
 
 import keras
+import tensorflow as tf
 
+from tf_switch.distribute import expert_parallel as ep
+from tf_switch.distribute import expert_shards
 from tf_switch.initializers import SwitchInitializer
 
 ACTIVATIONS = ("relu", "gelu", "gated-gelu")
@@ -28,6 +31,14 @@ class ExpertFFN(keras.layers.Layer):
         use_bias: add per-expert biases (Model Garden style); default False.
         kernel_initializer: default `SwitchInitializer()`, truncated normal
             with std sqrt(0.1 / fan_in) per expert (paper §2.4).
+        expert_parallel: shard the experts over the replicas of the
+            `tf.distribute` strategy the layer is built under (see
+            `tf_switch.distribute.expert_parallel`): with D replicas each holds
+            N/D experts' weights and optimizer slots, and tokens travel to
+            their expert's replica by all-to-all. N must be divisible by D.
+            Outside a strategy, or with one replica, the layer is the plain
+            one (the option is kept in the config, so a saved model reloads
+            onto more devices). Default False.
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -55,6 +66,7 @@ class ExpertFFN(keras.layers.Layer):
         expert_dropout=0.0,
         use_bias=False,
         kernel_initializer=None,
+        expert_parallel=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,7 +91,13 @@ class ExpertFFN(keras.layers.Layer):
                 "Invalid value received for argument `expert_dropout`. Expected "
                 f"a float in [0, 1). Received: expert_dropout={expert_dropout}"
             )
+        if not isinstance(expert_parallel, bool):
+            raise ValueError(
+                "Invalid value received for argument `expert_parallel`. Expected "
+                f"a bool. Received: expert_parallel={expert_parallel!r}"
+            )
         self.num_experts = num_experts
+        self.expert_parallel = expert_parallel
         self.intermediate_dim = intermediate_dim
         self.activation = activation
         self.expert_dropout = expert_dropout
@@ -94,44 +112,91 @@ class ExpertFFN(keras.layers.Layer):
     def build(self, input_shape):
         hidden_dim = input_shape[-1]
         num_in = 2 if self.activation == "gated-gelu" else 1
+        num_shards = 1
+        if self.expert_parallel:
+            num_shards = ep.num_expert_shards(self.num_experts)
+        # The all-to-all between replicas; None when the experts are whole.
+        self.exchange = None
+        if num_shards > 1:
+            self.exchange = ep.ExpertExchange(
+                self.num_experts, tf.distribute.get_strategy()
+            )
+
+        def expert_weight(name, shape, initializer):
+            if num_shards > 1:
+                return expert_shards.add_expert_weight(
+                    self, name, shape, initializer, num_shards
+                )
+            return self.add_weight(name=name, shape=shape, initializer=initializer)
+
         self.wi = [
-            self.add_weight(
-                name=f"wi_{i}" if num_in > 1 else "wi",
-                shape=(self.num_experts, hidden_dim, self.intermediate_dim),
-                initializer=self.kernel_initializer,
+            expert_weight(
+                f"wi_{i}" if num_in > 1 else "wi",
+                (self.num_experts, hidden_dim, self.intermediate_dim),
+                self.kernel_initializer,
             )
             for i in range(num_in)
         ]
-        self.wo = self.add_weight(
-            name="wo",
-            shape=(self.num_experts, self.intermediate_dim, hidden_dim),
-            initializer=self.kernel_initializer,
+        self.wo = expert_weight(
+            "wo",
+            (self.num_experts, self.intermediate_dim, hidden_dim),
+            self.kernel_initializer,
         )
         if self.use_bias:
-            self.bi = self.add_weight(
-                name="bi",
-                shape=(self.num_experts, 1, self.intermediate_dim),
-                initializer="zeros",
+            self.bi = expert_weight(
+                "bi", (self.num_experts, 1, self.intermediate_dim), "zeros"
             )
-            self.bo = self.add_weight(
-                name="bo", shape=(self.num_experts, 1, hidden_dim), initializer="zeros"
-            )
+            self.bo = expert_weight("bo", (self.num_experts, 1, hidden_dim), "zeros")
+
+    def _weight(self, variable, local):
+        """`variable` as the call uses it.
+
+        Inside the strategy's replica context a sharded variable reads as this
+        replica's experts; elsewhere its shards are concatenated.
+        """
+        if self.exchange is None or local:
+            return variable
+        full = expert_shards.full_expert_weight(variable)
+        return keras.ops.cast(full, self.compute_dtype)
 
     def call(self, inputs, training=None):
-        hidden = keras.ops.matmul(inputs, self.wi[0])  # [N, M, intermediate]
+        local = self.exchange is not None and self.exchange.in_replica_context()
+        if local:
+            inputs = self.exchange.to_experts(inputs)  # [N/D, D*M, d]
+        hidden = keras.ops.matmul(inputs, self._weight(self.wi[0], local))
+        # hidden: [N, M, intermediate], or [N/D, D*M, intermediate]
         if self.use_bias:
-            hidden = hidden + self.bi
+            hidden = hidden + self._weight(self.bi, local)
         if self.activation == "relu":
             hidden = keras.activations.relu(hidden)
         else:
             hidden = keras.activations.gelu(hidden, approximate=True)
         if self.activation == "gated-gelu":
-            hidden = hidden * keras.ops.matmul(inputs, self.wi[1])
+            hidden = hidden * keras.ops.matmul(inputs, self._weight(self.wi[1], local))
         hidden = self.dropout(hidden, training=training)
-        outputs = keras.ops.matmul(hidden, self.wo)  # [N, M, hidden]
+        outputs = keras.ops.matmul(hidden, self._weight(self.wo, local))
         if self.use_bias:
-            outputs = outputs + self.bo
-        return outputs
+            outputs = outputs + self._weight(self.bo, local)
+        if local:
+            outputs = self.exchange.from_experts(outputs)
+        return outputs  # [N, M, hidden]
+
+    def _variables_by_key(self):
+        variables = {}
+        super().save_own_variables(variables)  # Keras stores the variables
+        return variables
+
+    def save_own_variables(self, store):
+        # Full [N, ...] experts, whatever the sharding: an expert-parallel
+        # and a replicated layer load each other's weights.
+        expert_shards.save_full_values(
+            super().save_own_variables, self._variables_by_key(), store
+        )
+
+    def load_own_variables(self, store):
+        expert_shards.load_full_values(
+            super().load_own_variables, self._variables_by_key(), store
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -148,6 +213,7 @@ class ExpertFFN(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "expert_parallel": self.expert_parallel,
             }
         )
         return config

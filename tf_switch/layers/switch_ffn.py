@@ -46,6 +46,11 @@ class SwitchFFN(keras.layers.Layer):
             `group_size`). Same outputs and gradients.
         kernel_initializer: for router and experts; default
             `SwitchInitializer()` (std sqrt(0.1 / fan_in)).
+        expert_parallel: shard the experts over the replicas of the
+            `tf.distribute` strategy the layer is built under, N/D per
+            replica, with all-to-all token exchange; the router stays
+            data-parallel. See `ExpertFFN` and
+            `tf_switch.distribute.expert_parallel`. Default False.
         **kwargs: any `SwitchRouter` argument (`top_k`, `routing`,
             `capacity_factor`, `eval_capacity_factor`, `min_capacity`,
             `batch_prioritized_routing`, `causal`, `jitter_noise`,
@@ -89,6 +94,7 @@ class SwitchFFN(keras.layers.Layer):
         group_size=None,
         dispatch="gather",
         kernel_initializer=None,
+        expert_parallel=False,
         **kwargs,
     ):
         router_kwargs = {k: kwargs.pop(k) for k in ROUTER_ARGUMENTS if k in kwargs}
@@ -122,6 +128,7 @@ class SwitchFFN(keras.layers.Layer):
             expert_dropout=expert_dropout,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
+            expert_parallel=expert_parallel,
             dtype=self.dtype_policy,
             name="experts",
         )
@@ -236,6 +243,7 @@ class SwitchFFN(keras.layers.Layer):
                 "group_size": self.group_size,
                 "dispatch": self.dispatch,
                 "kernel_initializer": router_config["kernel_initializer"],
+                "expert_parallel": self.experts.expert_parallel,
             }
         )
         return config
