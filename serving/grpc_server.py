@@ -1,23 +1,31 @@
-"""A local gRPC server that follows TensorFlow Serving's `PredictionService`.
+"""A local gRPC server that follows TensorFlow Serving's gRPC API.
 
 `python -m serving.grpc_server --model_base_path BASE --model_name NAME
-[--port 8500]` serves the highest integer version under `BASE/NAME` with
+[--port 8500]` (or `--model_config_file models.config`, see `serving.flags`)
+serves
 
-- `Predict`: `TensorProto` inputs, run through the requested signature of the
-  served version, `TensorProto` outputs (`output_filter` honoured);
-- `GetModelMetadata`: `metadata_field: "signature_def"` -> a `SignatureDefMap`
-  packed in an `Any`.
+- `PredictionService.Predict`: `TensorProto` inputs, run through the
+  requested signature of the version that `model_spec` names (a version, a
+  `version_label`, or the latest), `TensorProto` outputs (`output_filter`
+  honoured);
+- `PredictionService.GetModelMetadata`: `metadata_field: "signature_def"` ->
+  a `SignatureDefMap` packed in an `Any`;
+- `ModelService.GetModelStatus`: every version with its state, as the REST
+  status (`get_model_status_impl.cc`: "Missing ModelSpec" is
+  INVALID_ARGUMENT, an unknown model or version NOT_FOUND).
 
-Status codes follow TF Serving: an unknown model or version is NOT_FOUND, an
-unknown signature is FAILED_PRECONDITION (as `predict_util.cc` and
-`serving.fidelity` give it), wrong input names, wrong dtypes, unknown output
-aliases and inputs the graph rejects (e.g. token ids out of range) are
-INVALID_ARGUMENT. Messages are cleaned of stacks, node names and paths.
-
-The loading and version code is `serving.server`'s `ModelManager`.
+Status codes follow TF Serving (`serving.predict`, `serving.models`): an
+unknown model or version is NOT_FOUND, an unknown label INVALID_ARGUMENT, an
+unknown signature FAILED_PRECONDITION; wrong input names, wrong dtypes,
+unknown output aliases and inputs the graph rejects (e.g. token ids out of
+range) are INVALID_ARGUMENT. The limits are the REST server's
+(`serving.limits`): at most `max_concurrent` predictions run (UNAVAILABLE
+"server busy" beyond), each within `request_timeout_s` or the client's
+deadline, whichever is shorter (DEADLINE_EXCEEDED). Messages are cleaned of
+stacks, node names and paths.
 
 In process (tests): `server, port = make_grpc_server(base, name, port=0)` (the
-server is started), then `server.stop(None)`; `server.manager.stop()` ends the
+server is started), then `server.stop(None)`; `server.core.stop()` ends the
 version polling.
 """
 
@@ -26,131 +34,79 @@ import concurrent.futures
 import logging
 
 import grpc
-import numpy as np
 
-from serving.fidelity import DEFAULT_SIGNATURE, ServingError
-from serving.server import DEFAULT_POLL_S, ModelManager
+from serving import flags, predict
+from serving.limits import (
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    RequestLimiter,
+)
+from serving.models import DEFAULT_POLL_S
+from serving.status import ServingError, invalid, public_message
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_WORKERS = 4
 # A little over the REST server's 1 MiB body limit: tensors travel packed.
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
 
-_CLIENT_CODES = frozenset(
-    ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "NOT_FOUND"]
-    + ["RESOURCE_EXHAUSTED", "UNIMPLEMENTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"]
-)
+
+def _model_spec(spec):
+    """(name, version, label) of a ModelSpec."""
+    choice = spec.WhichOneof("version_choice")
+    version = spec.version.value if choice == "version" else None
+    label = spec.version_label if choice == "version_label" else None
+    return spec.name, version, label
 
 
-def _invalid(message):
-    return ServingError("INVALID_ARGUMENT", message)
-
-
-def _version(model_spec):
-    return model_spec.version.value if model_spec.HasField("version") else None
-
-
-def _to_array(name, proto, expected_dtype):
-    """A request TensorProto as a numpy array, checked against the signature."""
-    import tensorflow as tf
-
+def _call(method, request, context):
     try:
-        given = tf.as_dtype(proto.dtype)
-    except (TypeError, ValueError):
-        raise _invalid(f"input '{name}': unknown dtype enum {proto.dtype}.") from None
-    if given.name != expected_dtype:
-        raise _invalid(
-            f"input '{name}': expects {expected_dtype} but {given.name} is provided."
-        )
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as error:  # A malformed proto (content size, shape).
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise _invalid(f"input '{name}': malformed TensorProto: {message}") from None
+        return method(request, context)
+    except ServingError as error:
+        code = getattr(grpc.StatusCode, error.code, grpc.StatusCode.UNKNOWN)
+        context.abort(code, public_message(error))
+    except Exception:  # Never a traceback or a path in the answer.
+        logger.exception("Internal error in %s", method.__name__)
+        context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
 
 
 class PredictionServicer:
-    """`PredictionService` over one `ModelManager` (Predict, GetModelMetadata)."""
+    """`PredictionService` over a `ServerCore` (Predict, GetModelMetadata)."""
 
-    def __init__(self, manager):
-        self.manager = manager
+    def __init__(self, core, limiter):
+        self.core = core
+        self.limiter = limiter
 
-    # --- Predict ------------------------------------------------------------
+    def _predict(self, request, context):
+        loaded = self.core.get(*_model_spec(request.model_spec))
 
-    def _predict(self, request):
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
+        def run(fn, *args):
+            return self.limiter.run(fn, *args, timeout_s=context.time_remaining())
 
-        spec = request.model_spec
-        loaded = self.manager.get(spec.name, _version(spec))
-        signature_name = spec.signature_name or DEFAULT_SIGNATURE
-        if signature_name not in loaded.signature_defs:
-            raise ServingError(
-                "FAILED_PRECONDITION",
-                f'Serving signature key "{signature_name}" not found.',
-            )
-        signature = loaded.signature_defs[signature_name]
-        dtypes = loaded.input_dtypes(signature_name)
-        names = sorted(request.inputs)
-        if names != sorted(dtypes):
-            extra = sorted(set(names) - set(dtypes))
-            missing = sorted(set(dtypes) - set(names))
-            raise _invalid(
-                f"input names do not match the signature: expected {sorted(dtypes)}; "
-                f"unknown {extra}; missing {missing}."
-            )
-        wanted = list(request.output_filter) or sorted(signature.outputs)
-        for alias in wanted:
-            if alias not in signature.outputs:
-                raise _invalid(f"output tensor alias not found in signature: {alias}")
-        if len(set(wanted)) != len(wanted):
-            raise _invalid("duplicate output tensor alias in output_filter.")
-        inputs = {
-            name: _to_array(name, request.inputs[name], dtypes[name]) for name in names
-        }
-        outputs = loaded.run(signature_name, inputs)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = spec.name
-        response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = signature_name
-        for alias in wanted:
-            response.outputs[alias].CopyFrom(
-                tf.make_tensor_proto(np.asarray(outputs[alias]))
-            )
-        return response
+        return predict.run_request(request, loaded, run=run)
 
     def Predict(self, request, context):  # noqa: N802
-        return self._call(self._predict, request, context)
+        return _call(self._predict, request, context)
 
-    # --- GetModelMetadata -----------------------------------------------------
-
-    def _metadata(self, request):
+    def _metadata(self, request, context):
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        spec = request.model_spec
-        loaded = self.manager.get(spec.name, _version(spec))
+        loaded = self.core.get(*_model_spec(request.model_spec))
         fields = list(request.metadata_field)
         if not fields:
-            raise _invalid(
+            raise invalid(
                 "GetModelMetadataRequest must specify at least one metadata_field"
             )
         for field in fields:
             if field != "signature_def":
-                raise _invalid(f"Metadata field {field} is not supported")
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in loaded.signature_defs.items():
-            signature_map.signature_def[name].CopyFrom(signature)
+                raise invalid(f"Metadata field {field} is not supported")
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = spec.name
+        response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = loaded.version
-        response.metadata["signature_def"].Pack(signature_map)
+        response.metadata["signature_def"].Pack(loaded.signature_def_map())
         return response
 
     def GetModelMetadata(self, request, context):  # noqa: N802
-        return self._call(self._metadata, request, context)
-
-    # --- Unsupported ------------------------------------------------------------
+        return _call(self._metadata, request, context)
 
     def _unimplemented(self, request, context):
         context.abort(
@@ -160,93 +116,126 @@ class PredictionServicer:
 
     Classify = Regress = MultiInference = _unimplemented  # noqa: N815
 
-    # --- Errors -----------------------------------------------------------------
 
-    def _call(self, method, request, context):
-        try:
-            return method(request)
-        except ServingError as error:
-            code = getattr(grpc.StatusCode, error.code, grpc.StatusCode.UNKNOWN)
-            message = error.message if error.code in _CLIENT_CODES else None
-            context.abort(code, message or "Internal error.")
-        except Exception:  # Never a traceback or a path in the answer.
-            logger.exception("Internal error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
+class ModelServicer:
+    """`ModelService.GetModelStatus` over a `ServerCore`."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def _status(self, request, context):
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        if not request.HasField("model_spec"):
+            raise invalid("Missing ModelSpec")
+        name, version, _ = _model_spec(request.model_spec)  # Labels: as REST.
+        response = get_model_status_pb2.GetModelStatusResponse()
+        states = get_model_status_pb2.ModelVersionStatus.State
+        for number, state, code, message in self.core.status(name, version):
+            status = response.model_version_status.add(
+                version=number, state=states.Value(state)
+            )
+            status.status.error_code = getattr(grpc.StatusCode, code).value[0]
+            status.status.error_message = message
+        return response
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        return _call(self._status, request, context)
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "HandleReloadConfigRequest is not supported; restart with the new "
+            "--model_config_file.",
+        )
 
 
 def make_grpc_server(
-    base_path,
-    model_name,
+    base_path=None,
+    model_name=None,
     host="127.0.0.1",
     port=0,
-    max_workers=DEFAULT_MAX_WORKERS,
+    max_concurrent=DEFAULT_MAX_CONCURRENT,
+    request_timeout_s=DEFAULT_REQUEST_TIMEOUT_S,
     poll_s=DEFAULT_POLL_S,
     max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
     start=True,
+    core=None,
+    **core_options,
 ):
-    """(server, port): a gRPC PredictionService for `base_path/model_name`.
+    """(server, port): TF Serving's gRPC services for `base_path/model_name`.
 
-    Loads the highest version now; with `poll_s` (seconds, 0 or None to
-    disable) a thread swaps in newer versions. The server is started unless
-    `start=False`; `server.manager` is the `ModelManager`.
+    As `serving.server.make_server`: loads the model now (or serves `core`),
+    polls for versions every `poll_s` seconds, and limits predictions to
+    `max_concurrent` at a time within `request_timeout_s`. The server is
+    started unless `start=False`; `server.core` is the `ServerCore`.
     """
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (
+        model_service_pb2_grpc,
+        prediction_service_pb2_grpc,
+    )
 
-    manager = ModelManager(base_path, model_name, poll_s=poll_s)
+    if core is None:
+        core = flags.make_core(base_path, model_name, poll_s=poll_s, **core_options)
+    limiter = RequestLimiter(max_concurrent, request_timeout_s)
+    # Room for the metadata and status RPCs next to max_concurrent predictions;
+    # gRPC itself answers RESOURCE_EXHAUSTED past maximum_concurrent_rpcs.
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="grpc-predict"
+            max_workers=max_concurrent + 4, thread_name_prefix="grpc"
         ),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ],
-        maximum_concurrent_rpcs=4 * max_workers,
+        maximum_concurrent_rpcs=4 * (max_concurrent + 4),
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server
+        PredictionServicer(core, limiter), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(core), server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
-        manager.stop()
+        core.stop()
         raise OSError(f"Could not bind a gRPC port at {host}:{port}.")
-    server.manager = manager
+    server.core = core
+    server.limiter = limiter
     if start:
         server.start()
-    manager.start_polling()
+    core.start_polling()
     return server, bound
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m serving.grpc_server")
-    parser.add_argument("--model_base_path", required=True)
-    parser.add_argument("--model_name", required=True)
+    flags.add_model_flags(parser)
     parser.add_argument("--port", type=int, default=8500)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--max_workers", type=int, default=DEFAULT_MAX_WORKERS)
+    parser.add_argument("--max_concurrent", type=int, default=DEFAULT_MAX_CONCURRENT)
     parser.add_argument(
-        "--file_system_poll_wait_seconds", type=float, default=DEFAULT_POLL_S
+        "--request_timeout_s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    core = flags.core_from_args(args, parser)
     server, port = make_grpc_server(
-        args.model_base_path,
-        args.model_name,
         host=args.host,
         port=args.port,
-        max_workers=args.max_workers,
-        poll_s=args.file_system_poll_wait_seconds,
+        max_concurrent=args.max_concurrent,
+        request_timeout_s=args.request_timeout_s,
+        core=core,
     )
-    logger.info(
-        "gRPC PredictionService at %s:%d (%s)", args.host, port, args.model_name
-    )
+    logger.info("gRPC at %s:%d (%s)", args.host, port, ", ".join(core.models))
     try:
         server.wait_for_termination()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop(grace=2).wait(5)
-        server.manager.stop()
+        server.core.stop()
+        server.limiter.shutdown()
     return 0
 
 

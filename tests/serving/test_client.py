@@ -60,7 +60,8 @@ def grpc_target(exported):
     server, port = make_grpc_server(exported["base"], NAME, port=0, poll_s=0)
     yield f"127.0.0.1:{port}"
     server.stop(None).wait(5)
-    server.manager.stop()
+    server.core.stop()
+    server.limiter.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from serving import fidelity
-from serving.fidelity import ServingError
+from serving.status import ServingError
 from tf_switch import text
 
 VOCAB_SIZE = 16

@@ -1,0 +1,109 @@
+"""The model flags both servers take, as `tensorflow_model_server` spells them.
+
+Either `--model_name NAME --model_base_path BASE` (one model, the latest
+version) or `--model_config_file models.config` (a `ModelServerConfig` in text
+format: several models, `model_version_policy`, `version_labels`; relative
+`base_path`s are taken from the working directory), plus
+`--file_system_poll_wait_seconds`, `--enable_model_warmup` and
+`--allow_version_labels_for_unavailable_models`.
+"""
+
+import os
+
+from serving import configs
+from serving.models import DEFAULT_POLL_S, ModelManager, ServerCore, VersionPolicy
+from serving.status import ServingError
+
+
+def _bool(text):
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(f"Expected true or false, got {text!r}.")
+
+
+def add_model_flags(parser):
+    parser.add_argument("--model_name", help="the model's name (without a config)")
+    parser.add_argument("--model_base_path", help="its base path (without a config)")
+    parser.add_argument(
+        "--model_config_file", help="a models.config (ModelServerConfig text)"
+    )
+    parser.add_argument(
+        "--file_system_poll_wait_seconds", type=float, default=DEFAULT_POLL_S
+    )
+    parser.add_argument("--enable_model_warmup", type=_bool, default=True)
+    parser.add_argument(
+        "--allow_version_labels_for_unavailable_models", type=_bool, default=False
+    )
+
+
+def managers_from_config(path, **options):
+    """A `ModelManager` for each model of a models.config."""
+    config = configs.parse_models_config(path)
+    managers = []
+    for model in config.model_config_list.config:
+        if model.model_platform not in ("", "tensorflow"):
+            raise ValueError(
+                f"Model {model.name} requests unsupported platform "
+                f"{model.model_platform}"
+            )
+        managers.append(
+            ModelManager(
+                model.name,
+                os.path.abspath(model.base_path),
+                policy=VersionPolicy.from_proto(model.model_version_policy),
+                labels=dict(model.version_labels),
+                **options,
+            )
+        )
+    return managers
+
+
+def make_core(
+    base_path=None,
+    model_name=None,
+    model_config_file=None,
+    poll_s=DEFAULT_POLL_S,
+    enable_warmup=True,
+    allow_labels_for_unavailable=False,
+):
+    """A `ServerCore` (not yet polling) from the flags' values."""
+    options = {
+        "enable_warmup": enable_warmup,
+        "allow_labels_for_unavailable": allow_labels_for_unavailable,
+    }
+    if model_config_file:
+        if base_path or model_name:
+            raise ValueError(
+                "Give either --model_config_file or --model_name and "
+                "--model_base_path, not both."
+            )
+        managers = managers_from_config(model_config_file, **options)
+    else:
+        if not base_path or not model_name:
+            raise ValueError(
+                "Give --model_name and --model_base_path, or --model_config_file."
+            )
+        managers = [
+            ModelManager(model_name, os.path.join(base_path, model_name), **options)
+        ]
+    return ServerCore(managers, poll_s=poll_s)
+
+
+def core_from_args(args, parser):
+    try:
+        return make_core(
+            base_path=args.model_base_path,
+            model_name=args.model_name,
+            model_config_file=args.model_config_file,
+            poll_s=args.file_system_poll_wait_seconds,
+            enable_warmup=args.enable_model_warmup,
+            allow_labels_for_unavailable=(
+                args.allow_version_labels_for_unavailable_models
+            ),
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    except (OSError, ServingError) as error:
+        parser.exit(1, f"Failed to start server. Error: {error}\n")
