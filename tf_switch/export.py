@@ -44,9 +44,11 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 def serving_model(model):
     """A float32 copy of a `SwitchLanguageModel` that routes per sequence.
 
-    Training may group tokens across sequences and run in bfloat16; serving
-    needs per-sequence groups and float32 signatures. The weights are shared
-    by value (`set_weights`), and dropout is inactive at inference anyway.
+    Training may group tokens across sequences and run in bfloat16 on a TPU;
+    serving needs per-sequence groups and float32 signatures. The copy is
+    built on the CPU (call this outside `strategy.scope()`), so no TPU
+    variable or op reaches the serving graph. The weights are shared by
+    value (`set_weights`), and dropout is inactive at inference anyway.
     """
     options = {
         k: v for k, v in model.config.switch_options.items() if k != "group_size"
@@ -54,7 +56,8 @@ def serving_model(model):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = SwitchLanguageModel(model.config.replace(switch_options=options))
+        with tf.device("/cpu:0"):
+            copy = SwitchLanguageModel(model.config.replace(switch_options=options))
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(model.get_weights())

@@ -42,13 +42,19 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
     its metadata is. A backup that exists but cannot be read raises
     `CorruptCheckpointError` instead of restarting from scratch. The backup is
     kept after training ends, so rerunning a finished job trains no more.
+
+    With `write=False` (the non-chief workers of a cluster) it restores from
+    `backup_dir` but never writes there.
     """
 
-    def __init__(self, backup_dir, **kwargs):
+    def __init__(self, backup_dir, write=True, **kwargs):
         kwargs.setdefault("delete_checkpoint", False)
         super().__init__(backup_dir, **kwargs)
+        self.write = write
 
     def _save_model(self):
+        if not self.write:
+            return
         super()._save_model()
         states = [sg.state.numpy().tolist() for sg in _seed_generators(self.model)]
         metadata = {

@@ -4,9 +4,12 @@
     python -m training.train --experts 0         # its dense twin
     python -m training.train --data my.txt --preset tiny --epochs 5 --output runs/a
     python -m training.train --config run.json   # the same flags as a JSON object
+    python -m training.train --strategy mirrored --cpu-devices 2  # data-parallel
+    TF_CONFIG=... python -m training.train       # one worker of a cluster
 
-Writes to --output: `backup/` (BackupAndRestore: rerun the same command after a
-crash or `kill -9` to resume), `tensorboard/`, `vocab.txt`, `model.keras`,
+Writes to --output (the chief alone when several workers train together):
+`backup/` (BackupAndRestore: rerun the same command after a crash or `kill -9`
+to resume), `tensorboard/`, `vocab.txt`, `model.keras`,
 `serving/switch/<version>/` (a SavedModel for TF Serving), `history.csv`,
 `expert_load.json`, `loss.png`, `expert_load.png` and `sample.txt`.
 """
@@ -22,7 +25,8 @@ import keras
 import tensorflow as tf
 
 from tf_switch import text
-from tf_switch.export import export_for_serving
+from tf_switch.distribute import STRATEGIES, is_chief, resolve_strategy, split_cpu
+from tf_switch.export import export_for_serving, serving_model
 from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchLanguageModel, get_preset, model_report
 from tf_switch.schedules import WarmupSchedule
@@ -37,8 +41,6 @@ from training.data import EpochOrderedWindows
 from training.generate import generate_ids
 
 logger = logging.getLogger("training")
-
-STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
 
 
 def parse_args(argv=None):
@@ -67,6 +69,21 @@ def parse_args(argv=None):
     )
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
     parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        help="split the CPU into this many logical devices (for --strategy "
+        "mirrored without GPUs)",
+    )
+    parser.add_argument(
+        "--steps-per-execution",
+        type=int,
+        default=1,
+        help="training steps per tf.function call (TPUs: e.g. 50)",
+    )
+    parser.add_argument(
+        "--jit-compile", action="store_true", help="compile the step with XLA"
+    )
+    parser.add_argument(
         "--data", help="UTF-8 text file or folder (default: Shakespeare)"
     )
     parser.add_argument("--vocab-size", type=int, default=2000)
@@ -84,27 +101,6 @@ def parse_args(argv=None):
         parser.set_defaults(**values)
         args = parser.parse_args(argv)
     return args
-
-
-def resolve_strategy(name):
-    """A `tf.distribute` strategy by name; `auto` picks Mirrored for > 1 GPU.
-
-    `tpu` without an attached TPU is an error, never a silent CPU run.
-    """
-    if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.NotFoundError, IndexError) as error:
-            raise SystemExit(f"--strategy tpu: no TPU found ({error}).") from error
-        return tf.distribute.TPUStrategy(resolver)
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def model_config(args, vocab_size):
@@ -128,14 +124,24 @@ def model_config(args, vocab_size):
     return config.replace(switch_options=switch_options)
 
 
-def load_tokenizer(corpus, args):
-    """The run's WordPiece tokenizer, built once and kept in the output dir."""
+def load_tokenizer(corpus, args, chief=True):
+    """The run's WordPiece tokenizer, built once and kept in the output dir.
+
+    Every worker of a cluster builds the same vocabulary (it is deterministic);
+    only the chief writes it.
+    """
     path = os.path.join(args.output, "vocab.txt")
-    if not os.path.exists(path):
-        logger.info("Building a %d-token WordPiece vocabulary ...", args.vocab_size)
-        vocabulary = text.build_vocabulary([corpus.train], vocab_size=args.vocab_size)
-        text.WordPieceTokenizer(vocabulary).save_vocabulary(path)
-    return text.WordPieceTokenizer(path)
+    if os.path.exists(path):
+        return text.WordPieceTokenizer(path)
+    logger.info("Building a %d-token WordPiece vocabulary ...", args.vocab_size)
+    tokenizer = text.WordPieceTokenizer(
+        text.build_vocabulary([corpus.train], vocab_size=args.vocab_size)
+    )
+    if chief:
+        temporary = path + ".tmp"
+        tokenizer.save_vocabulary(temporary)
+        os.replace(temporary, path)
+    return tokenizer
 
 
 def build_datasets(corpus, tokenizer, config, args):
@@ -176,6 +182,8 @@ def compile_model(config, steps_per_epoch, args):
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[Perplexity()],
+        steps_per_execution=args.steps_per_execution,
+        jit_compile=args.jit_compile,
     )
     return model
 
@@ -202,8 +210,11 @@ def write_results(model, load_recorder, tokenizer, args):
         load_recorder.history, os.path.join(args.output, "expert_load.png")
     )
     prompt = tokenizer.tokenize(tf.constant([args.prompt])).numpy()[0].tolist()
+    # A plain single-device copy samples: calling the trained model here would
+    # update its routing metrics, which a multi-worker strategy synchronizes
+    # with workers that have stopped.
     ids = generate_ids(
-        model,
+        serving_model(model),
         [text.BOS_ID, *prompt],
         args.sample_tokens,
         temperature=0.8,
@@ -216,15 +227,28 @@ def write_results(model, load_recorder, tokenizer, args):
     return sample, export_dir
 
 
+def chief_callbacks(args, load_recorder):
+    """Callbacks that write logs: the chief's alone."""
+    return [
+        keras.callbacks.TensorBoard(os.path.join(args.output, "tensorboard")),
+        keras.callbacks.CSVLogger(
+            os.path.join(args.output, "history.csv"), append=True
+        ),
+        load_recorder,
+    ]
+
+
 def train(args):
+    if args.cpu_devices:
+        split_cpu(args.cpu_devices)
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(args.precision)
     strategy = resolve_strategy(args.strategy)
-    logger.info("Strategy: %s", type(strategy).__name__)
+    chief = is_chief(strategy)
 
     corpus = corpus_lib.load_corpus(args.data)
-    tokenizer = load_tokenizer(corpus, args)
+    tokenizer = load_tokenizer(corpus, args, chief)
     config = model_config(args, tokenizer.vocab_size)
     train_windows, validation_windows = build_datasets(corpus, tokenizer, config, args)
     print(model_report(config))
@@ -234,14 +258,11 @@ def train(args):
     load_recorder = ExpertLoadRecorder(os.path.join(args.output, "expert_load.json"))
     callbacks = [
         EpochSetter(train_windows),
-        ResumableBackupAndRestore(os.path.join(args.output, "backup")),
+        # Every worker restores from the backup; the chief alone writes it.
+        ResumableBackupAndRestore(os.path.join(args.output, "backup"), write=chief),
         # raise_error: a NaN epoch must not reach the backup at its end.
         keras.callbacks.TerminateOnNaN(raise_error=True),
-        keras.callbacks.TensorBoard(os.path.join(args.output, "tensorboard")),
-        keras.callbacks.CSVLogger(
-            os.path.join(args.output, "history.csv"), append=True
-        ),
-        load_recorder,
+        *(chief_callbacks(args, load_recorder) if chief else []),
     ]
     model.fit(
         train_windows.dataset(),
@@ -251,6 +272,8 @@ def train(args):
         shuffle=False,  # the windows are already in their (seed, epoch) order
         verbose=2 if not sys.stdout.isatty() else "auto",
     )
+    if not chief:
+        return model
     sample, export_dir = write_results(model, load_recorder, tokenizer, args)
     print(f"\nSavedModel: {export_dir}\nSample:\n{sample}")
     return model

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.training.synthetic import write_corpus
 from tf_switch.export import serving_model
@@ -129,3 +130,28 @@ def test_kill_9_and_rerun_resumes_to_identical_weights(corpus_dir, tmp_path):
     ]
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_tpu_code_path_runs_on_cpu(corpus_dir, tmp_path):
+    # What a TPU run changes: bfloat16 compute, several steps per call and
+    # XLA; the export must still be float32 and free of TPU ops.
+    tpu_flags = ("--precision", "mixed_bfloat16", "--steps-per-execution", "3")
+    flags = _flags(corpus_dir, tmp_path, *tpu_flags, "--jit-compile", "--epochs", "1")
+    model = train(parse_args(flags))
+    assert model.compute_dtype == "bfloat16"
+    assert model.steps_per_execution == 3 and model.jit_compile
+    export = tmp_path / "serving" / "switch" / "1"
+    loaded = tf.saved_model.load(str(export))
+    signature = loaded.signatures["serving_default"]
+    specs = [*signature.structured_input_signature[1].values()]
+    specs += [*signature.structured_outputs.values()]
+    assert tf.bfloat16 not in {spec.dtype for spec in specs}
+    saved_model = saved_model_pb2.SavedModel.FromString(
+        (export / "saved_model.pb").read_bytes()
+    )
+    meta_graph = saved_model.meta_graphs[0]
+    nodes = [*meta_graph.graph_def.node]
+    for function in meta_graph.graph_def.library.function:
+        nodes += function.node_def
+    assert not [node.op for node in nodes if "TPU" in node.op]

@@ -1,1 +1,27 @@
-"""Training across devices and machines with `tf.distribute`."""
+"""Training across devices and machines with `tf.distribute`.
+
+- `resolve_strategy(name)`: a TPU, several GPUs, several machines or one
+  device, chosen by name or automatically, the choice logged.
+- `split_cpu(n)`: n logical CPU devices, to run data or expert parallelism on
+  one machine.
+- `is_chief(strategy)`: whether this process writes checkpoints and exports.
+- `keras_multi_worker_fix`: makes Keras 3 `fit` work under
+  MultiWorkerMirroredStrategy (keras-team/keras#20585); `resolve_strategy`
+  applies it.
+"""
+
+from tf_switch.distribute.strategy import (
+    STRATEGIES,
+    StrategyUnavailableError,
+    is_chief,
+    resolve_strategy,
+    split_cpu,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "StrategyUnavailableError",
+    "is_chief",
+    "resolve_strategy",
+    "split_cpu",
+]
