@@ -25,7 +25,13 @@ import keras
 import tensorflow as tf
 
 from tf_switch import text
-from tf_switch.distribute import STRATEGIES, is_chief, resolve_strategy, split_cpu
+from tf_switch.distribute import (
+    STRATEGIES,
+    StrategyUnavailableError,
+    is_chief,
+    resolve_strategy,
+    split_cpu,
+)
 from tf_switch.export import export_for_serving, serving_model
 from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchLanguageModel, get_preset, model_report
@@ -281,7 +287,11 @@ def train(args):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        train(args)
+    except StrategyUnavailableError as error:
+        raise SystemExit(f"--strategy {args.strategy}: {error}") from error
 
 
 if __name__ == "__main__":
