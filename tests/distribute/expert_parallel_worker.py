@@ -5,9 +5,10 @@ collective group key can be initialized once per process, so
 `tests/distribute/test_expert_parallel.py` runs each check here in a fresh
 subprocess with a hard timeout:
 
-    python -m tests.distribute.expert_parallel_worker layer 2
+    python -m tests.distribute.expert_parallel_worker layer,serving_copy 2
 
-The last line of stdout is the check's result as JSON.
+runs the named checks (comma-separated) on 2 logical CPUs; the last line of
+stdout holds their results as one JSON object.
 """
 
 import json
@@ -113,7 +114,6 @@ def check_layer(strategy):
         cross_replica = layer(inputs, training=True)
     return {
         "output_scale": float(np.abs(expected).max()),
-        "bfloat16_error": _bfloat16_error(strategy, plain, batch),
         "output_error": _max_error(actual, expected),
         "grad_errors": grad_errors,
         "cross_replica_error": _max_error(cross_replica, expected),
@@ -125,30 +125,37 @@ def check_layer(strategy):
     }
 
 
-def _bfloat16_error(strategy, plain, batch):
-    """Under `mixed_bfloat16` (float32 weights, bfloat16 tokens)."""
+def check_bfloat16(strategy):
+    """One call under `mixed_bfloat16` (float32 weights, bfloat16 tokens)."""
     import keras
 
     from tf_switch.distribute.expert_parallel import set_logical_weights
 
+    inputs = np.random.default_rng(0).normal(
+        size=(2 * strategy.num_replicas_in_sync, 6, 8)
+    )
+    dataset = tf.data.Dataset.from_tensors(inputs.astype(np.float32))
+    batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         reference = _switch_ffn(expert_parallel=False)
         with strategy.scope():
             layer = _switch_ffn(expert_parallel=True)
-        inputs = np.concatenate(strategy.experimental_local_results(batch[0]))
         for built in (reference, layer):
             built.build(inputs.shape)
-        reference.set_weights(plain.get_weights())
-        set_logical_weights(layer, plain.get_weights())
+        set_logical_weights(layer, reference.get_weights())
         expected = reference(inputs, training=True)
         outputs = strategy.run(
-            tf.function(lambda x: layer(x, training=True)), args=(batch[0],)
+            tf.function(lambda x: layer(x, training=True)), args=(batch,)
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     actual = np.concatenate(strategy.experimental_local_results(outputs))
-    return _max_error(tf.cast(actual, tf.float32), tf.cast(expected, tf.float32))
+    expected = tf.cast(expected, tf.float32)
+    return {
+        "bfloat16_scale": float(np.abs(expected).max()),
+        "bfloat16_error": _max_error(tf.cast(actual, tf.float32), expected),
+    }
 
 
 def _tiny_model(expert_parallel):
@@ -309,9 +316,7 @@ def _check_save_and_load(strategy, directory, replicated, parallel):
             strict=True,
         )
     )
-    result["keras_reload_error"] = _max_error(
-        reloaded(inputs), replicated.predict(inputs, batch_size=len(inputs), verbose=0)
-    )
+    result["keras_reload_error"] = _max_error(reloaded(inputs), replicated(inputs))
     result["keras_reload_shapes"] = [list(v.shape) for v in reloaded.weights]
 
     # Replicated weights and Adam state load into a fresh expert-parallel
@@ -333,6 +338,50 @@ def _check_save_and_load(strategy, directory, replicated, parallel):
         name: _fit(model, inputs, targets, steps=2)
         for name, model in (("replicated", replicated), ("restored", restored))
     }
+    return result
+
+
+def check_serving_copy(strategy):
+    """The recipe for `tf_switch.export.serving_model`: a replicated copy of
+    an expert-parallel language model, built outside the strategy, takes
+    `logical_weights` (not `get_weights`, whose expert arrays are shards)."""
+    from tf_switch.distribute.expert_parallel import logical_weights
+    from tf_switch.models import ModelConfig, SwitchLanguageModel
+
+    config = ModelConfig(
+        vocab_size=32,
+        sequence_length=8,
+        hidden_dim=16,
+        intermediate_dim=24,
+        num_layers=2,
+        num_heads=2,
+        num_experts=4,
+        dropout=0.0,
+        switch_options={"expert_parallel": True, "capacity_factor": 2.0},
+    )
+    with strategy.scope():
+        model = SwitchLanguageModel(config)
+    options = {
+        key: value
+        for key, value in config.switch_options.items()
+        if key not in ("group_size", "expert_parallel")
+    }
+    copy = SwitchLanguageModel(config.replace(switch_options=options))
+    result = {}
+    try:
+        copy.set_weights(model.get_weights())
+    except ValueError as error:
+        result["get_weights_error"] = type(error).__name__
+    copy.set_weights(logical_weights(model))
+    tokens = np.random.default_rng(0).integers(
+        0, 32, size=(2 * strategy.num_replicas_in_sync, 8), dtype=np.int32
+    )
+    expected = copy(tokens, training=False)
+    predicted = model.predict(tokens, batch_size=len(tokens), verbose=0)
+    result["predict_error"] = _max_error(predicted, expected)
+    result["expert_shapes"] = [
+        list(v.shape) for v in model.weights if v.path.endswith("experts/wo")
+    ]
     return result
 
 
@@ -375,19 +424,25 @@ def check_errors(strategy):
 
 
 def main(argv):
-    check, num_devices = argv[1], int(argv[2])
+    checks, num_devices = argv[1].split(","), int(argv[2])
     strategy = split_cpu(num_devices)
     import tf_switch.distribute.expert_parallel as expert_parallel
 
     expert_parallel.DEFAULT_TIMEOUT_SECONDS = TIMEOUT_SECONDS
-    if check == "layer":
-        result = check_layer(strategy)
-    elif check == "fit":
-        result = check_fit(strategy, *argv[3:])
-    elif check == "errors":
-        result = check_errors(strategy)
-    else:
-        raise SystemExit(f"unknown check {check!r}")
+    result = {}
+    for check in checks:
+        if check == "layer":
+            result.update(check_layer(strategy))
+        elif check == "bfloat16":
+            result.update(check_bfloat16(strategy))
+        elif check == "serving_copy":
+            result.update(check_serving_copy(strategy))
+        elif check == "fit":
+            result.update(check_fit(strategy, *argv[3:]))
+        elif check == "errors":  # last: a timed-out collective aborts the rest
+            result.update(check_errors(strategy))
+        else:
+            raise SystemExit(f"unknown check {check!r}")
     print(json.dumps(result))
 
 
