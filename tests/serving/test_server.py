@@ -1,8 +1,6 @@
 """The local TF Serving-style REST server, over 127.0.0.1 only."""
 
 import base64
-import http.client
-import json
 import os
 import shutil
 import threading
@@ -16,6 +14,7 @@ import tensorflow_text  # noqa: F401
 from serving import server as server_lib
 from serving.json_codec import format_outputs
 from serving.status import clean_message
+from tests.serving.rest import NAME, available, check_error, predict, request
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
@@ -23,9 +22,6 @@ from tests.tiny_export import (
     tiny_tokenizer,
 )
 from tf_switch.export import export_for_serving
-
-NAME = "switch"
-TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
@@ -63,45 +59,15 @@ def server(exported):
     _stop(server)
 
 
-def request(server, method, path, body=None, raw=None):
-    host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
-    try:
-        data = raw if raw is not None else None
-        if body is not None:
-            data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        connection.request(method, path, body=data, headers=headers)
-        response = connection.getresponse()
-        payload = response.read().decode()
-        return response.status, json.loads(payload) if payload else None
-    finally:
-        connection.close()
-
-
-def _available(server, name=NAME):
-    """The AVAILABLE versions in the model status, newest first."""
-    _, body = request(server, "GET", f"/v1/models/{name}")
-    return [
-        entry["version"]
-        for entry in body["model_version_status"]
-        if entry["state"] == "AVAILABLE"
-    ]
-
-
 def _wait_for_version(server, version, seconds):
     """Polls the model status until `version` is the one AVAILABLE version
     (the old one unloaded); returns the last AVAILABLE one seen."""
     deadline = time.monotonic() + seconds
-    available = []
-    while available != [version] and time.monotonic() < deadline:
+    seen = []
+    while seen != [version] and time.monotonic() < deadline:
         time.sleep(0.2)
-        available = _available(server)
-    return available[0] if available else None
-
-
-def predict(server, body, path=f"/v1/models/{NAME}:predict"):
-    return request(server, "POST", path, body=body)
+        seen = available(server)
+    return seen[0] if seen else None
 
 
 def test_status(server):
@@ -235,25 +201,17 @@ BAD_REQUESTS = [
 ]
 
 
-def _check_error(status, body, expected_status, exported):
-    assert status == expected_status, body
-    assert set(body) == {"error"}
-    assert "Traceback" not in body["error"]
-    assert exported["base"] not in body["error"]
-    assert exported["path"] not in body["error"]
-
-
 @pytest.mark.parametrize("body, message", BAD_REQUESTS)
 def test_bad_requests_are_400(server, exported, body, message):
     status, answer = predict(server, body)
-    _check_error(status, answer, 400, exported)
+    check_error(status, answer, 400, exported)
     assert message in answer["error"]
 
 
 def test_malformed_bodies_are_400(server, exported):
     for raw in [b"", b"{", b"[1, 2]", b"\xff\xfe", b'{"instances": [[5]']:
         status, body = request(server, "POST", f"/v1/models/{NAME}:predict", raw=raw)
-        _check_error(status, body, 400, exported)
+        check_error(status, body, 400, exported)
 
 
 def test_unknown_model_or_version_is_404(server, exported):
@@ -267,7 +225,7 @@ def test_unknown_model_or_version_is_404(server, exported):
     ]:
         body = {"instances": [[5]]} if method == "POST" else None
         status, answer = request(server, method, path, body=body)
-        _check_error(status, answer, 404, exported)
+        check_error(status, answer, 404, exported)
 
 
 def test_wrong_method_or_path_under_v1_is_400(server, exported):
@@ -279,14 +237,14 @@ def test_wrong_method_or_path_under_v1_is_400(server, exported):
         ("POST", f"/v1/models/{NAME}:explode"),
     ]:
         status, answer = request(server, method, path)
-        _check_error(status, answer, 400, exported)
+        check_error(status, answer, 400, exported)
         assert "Malformed request" in answer["error"]
 
 
 def test_oversized_body_is_413(server, exported):
     raw = b"[" + b"5," * (600 * 1024) + b"5]"
     status, body = request(server, "POST", f"/v1/models/{NAME}:predict", raw=raw)
-    _check_error(status, body, 413, exported)
+    check_error(status, body, 413, exported)
 
 
 def test_saturated_server_is_503(server, exported):
@@ -295,7 +253,7 @@ def test_saturated_server_is_503(server, exported):
     try:
         assert all(acquired)
         status, body = predict(server, {"instances": ids})
-        _check_error(status, body, 503, exported)
+        check_error(status, body, 503, exported)
         assert "busy" in body["error"]
     finally:
         for _ in acquired:
@@ -313,7 +271,7 @@ def test_deadline_is_504(exported):
             ],
         }
         status, answer = predict(server, body)
-        _check_error(status, answer, 504, exported)
+        check_error(status, answer, 504, exported)
     finally:
         _stop(server)
 

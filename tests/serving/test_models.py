@@ -1,0 +1,313 @@
+"""Version policies, labels and version states (serving/models.py), over REST
+and gRPC on 127.0.0.1. Versions 1 and 2 are different models, so an answer
+shows which version gave it."""
+
+import shutil
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving import flags
+from serving import server as server_lib
+from serving.grpc_server import make_grpc_server
+from serving.models import VersionPolicy
+from serving.status import ServingError
+from tests.serving.rest import NAME, available, check_error, predict, request
+from tests.tiny_export import (
+    random_token_ids,
+    run_in_process,
+    tiny_model,
+    tiny_tokenizer,
+)
+from tf_switch.export import export_for_serving
+
+TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory):
+    """`<source>/switch/{1,2}`: two tiny models with different weights."""
+    tokenizer = tiny_tokenizer()
+    source = tmp_path_factory.mktemp("versions")
+    paths = [
+        export_for_serving(tiny_model(tokenizer), tokenizer, source, NAME)
+        for _ in range(2)
+    ]
+    loaded = {v: tf.saved_model.load(p) for v, p in enumerate(paths, 1)}
+    ids = random_token_ids(1, 4)
+    assert not np.allclose(_logits(loaded[1], ids), _logits(loaded[2], ids))
+    return {"source": source / NAME, "loaded": loaded}
+
+
+def _model_dir(versions, tmp_path, numbers=(1, 2)):
+    model_dir = tmp_path / NAME
+    for number in numbers:
+        shutil.copytree(versions["source"] / str(number), model_dir / str(number))
+    return model_dir
+
+
+def _config(tmp_path, model_dir, policy="", labels=None):
+    labels = "".join(
+        f' version_labels {{ key: "{k}" value: {v} }}'
+        for k, v in (labels or {}).items()
+    )
+    path = tmp_path / "models.config"
+    path.write_text(
+        "model_config_list { config {"
+        f' name: "{NAME}" base_path: "{model_dir}" model_platform: "tensorflow"'
+        f" {policy}{labels} }} }}"
+    )
+    return str(path)
+
+
+def _serve(core):
+    server = server_lib.make_server(core=core, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _stop(server):
+    server.shutdown()
+    server.server_close()
+
+
+def _logits(loaded, ids):
+    return run_in_process(loaded, "serving_default", token_ids=ids)["logits"]
+
+
+def test_version_policy_picks_versions():
+    on_disk = [1, 2, 5, 7]
+    assert VersionPolicy().aspired(on_disk) == {7}
+    assert VersionPolicy("latest", num_versions=2).aspired(on_disk) == {5, 7}
+    assert VersionPolicy("specific", versions=[1, 5, 9]).aspired(on_disk) == {1, 5}
+    assert VersionPolicy("all").aspired(on_disk) == {1, 2, 5, 7}
+    assert VersionPolicy().aspired([]) == set()
+
+
+@pytest.fixture(scope="module")
+def labelled(versions, tmp_path_factory):
+    """REST and gRPC over one core: specific {1, 2}, stable=1, canary=2."""
+    tmp_path = tmp_path_factory.mktemp("labelled")
+    model_dir = _model_dir(versions, tmp_path)
+    config = _config(
+        tmp_path,
+        model_dir,
+        "model_version_policy { specific { versions: 1 versions: 2 } }",
+        {"stable": 1, "canary": 2},
+    )
+    core = flags.make_core(model_config_file=config, poll_s=0)
+    rest = _serve(core)
+    grpc_server, port = make_grpc_server(core=core, port=0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield {
+        "rest": rest,
+        "predict": prediction_service_pb2_grpc.PredictionServiceStub(channel),
+        "model": model_service_pb2_grpc.ModelServiceStub(channel),
+        "base": str(tmp_path),
+        "path": str(model_dir),
+    }
+    channel.close()
+    grpc_server.stop(None).wait(5)
+    grpc_server.limiter.shutdown()
+    _stop(rest)
+
+
+def test_specific_policy_keeps_both_versions_available(labelled):
+    status, body = request(labelled["rest"], "GET", f"/v1/models/{NAME}")
+    assert status == 200
+    assert [s["version"] for s in body["model_version_status"]] == ["2", "1"]
+    assert {s["state"] for s in body["model_version_status"]} == {"AVAILABLE"}
+    assert all(
+        s["status"] == {"error_code": "OK", "error_message": ""}
+        for s in body["model_version_status"]
+    )
+    status, body = request(labelled["rest"], "GET", f"/v1/models/{NAME}/versions/1")
+    assert [s["version"] for s in body["model_version_status"]] == ["1"]
+
+
+def test_labels_choose_the_version_over_rest(labelled, versions):
+    ids = random_token_ids(2, 5, seed=7)
+    for label, version in [("stable", 1), ("canary", 2)]:
+        path = f"/v1/models/{NAME}/labels/{label}"
+        status, body = predict(
+            labelled["rest"], {"inputs": ids.tolist()}, path + ":predict"
+        )
+        assert status == 200, body
+        np.testing.assert_allclose(
+            body["outputs"]["logits"],
+            _logits(versions["loaded"][version], ids),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        _, meta = request(labelled["rest"], "GET", path + "/metadata")
+        assert meta["model_spec"]["version"] == str(version)
+    # No label and no version: the latest.
+    status, body = predict(labelled["rest"], {"inputs": ids.tolist()})
+    np.testing.assert_allclose(
+        body["outputs"]["logits"],
+        _logits(versions["loaded"][2], ids),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_unknown_label_is_400_as_tf_serving(labelled):
+    # server_core.cc GetModelVersionForLabel: INVALID_ARGUMENT.
+    exported = {"base": labelled["base"], "path": labelled["path"]}
+    for method, path in [
+        ("POST", f"/v1/models/{NAME}/labels/nope:predict"),
+        ("GET", f"/v1/models/{NAME}/labels/nope/metadata"),
+        ("POST", "/v1/models/other/labels/stable:predict"),
+    ]:
+        body = {"instances": [[5]]} if method == "POST" else None
+        status, answer = request(labelled["rest"], method, path, body=body)
+        check_error(status, answer, 400, exported)
+        assert answer["error"].startswith("Unrecognized servable version label: ")
+    # get_model_status_impl.cc reads model_spec.version only: a label (known
+    # or not) lists every version.
+    status, body = request(labelled["rest"], "GET", f"/v1/models/{NAME}/labels/nope")
+    assert status == 200 and len(body["model_version_status"]) == 2
+
+
+def _grpc_predict(stub, ids, **spec):
+    request_ = predict_pb2.PredictRequest()
+    request_.model_spec.name = NAME
+    for key, value in spec.items():
+        if key == "version":
+            request_.model_spec.version.value = value
+        else:
+            setattr(request_.model_spec, key, value)
+    request_.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
+    return stub.Predict(request_, timeout=TIMEOUT)
+
+
+def test_labels_and_versions_over_grpc(labelled, versions):
+    ids = random_token_ids(1, 4, seed=2)
+    for label, version in [("stable", 1), ("canary", 2)]:
+        response = _grpc_predict(labelled["predict"], ids, version_label=label)
+        assert response.model_spec.version.value == version
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["logits"]),
+            _logits(versions["loaded"][version], ids),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    assert (
+        _grpc_predict(labelled["predict"], ids, version=1).model_spec.version.value == 1
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        _grpc_predict(labelled["predict"], ids, version_label="nope")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "Unrecognized servable version label: nope"
+    with pytest.raises(grpc.RpcError) as info:
+        _grpc_predict(labelled["predict"], ids, version=9)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        info.value.details() == f"Servable not found for request: Specific({NAME}, 9)"
+    )
+
+
+def test_get_model_status_over_grpc(labelled):
+    stub = labelled["model"]
+    request_ = get_model_status_pb2.GetModelStatusRequest()
+    request_.model_spec.name = NAME
+    response = stub.GetModelStatus(request_, timeout=TIMEOUT)
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert [(s.version, s.state) for s in response.model_version_status] == [
+        (2, available),
+        (1, available),
+    ]
+    assert all(s.status.error_code == 0 for s in response.model_version_status)
+    request_.model_spec.version.value = 1
+    response = stub.GetModelStatus(request_, timeout=TIMEOUT)
+    assert [s.version for s in response.model_version_status] == [1]
+    # get_model_status_impl.cc: its codes and messages.
+    for spec, code, message in [
+        (
+            {"name": NAME, "version": 7},
+            "NOT_FOUND",
+            f"Could not find version 7 of model {NAME}",
+        ),
+        ({"name": "other"}, "NOT_FOUND", "Could not find any versions of model other"),
+        (None, "INVALID_ARGUMENT", "Missing ModelSpec"),
+    ]:
+        request_ = get_model_status_pb2.GetModelStatusRequest()
+        if spec:
+            request_.model_spec.name = spec["name"]
+            if "version" in spec:
+                request_.model_spec.version.value = spec["version"]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetModelStatus(request_, timeout=TIMEOUT)
+        assert info.value.code().name == code and info.value.details() == message
+    # The REST status of the same core agrees.
+    _, body = request(labelled["rest"], "GET", f"/v1/models/{NAME}")
+    assert [int(s["version"]) for s in body["model_version_status"]] == [2, 1]
+
+
+def test_a_label_must_point_at_an_available_version(versions, tmp_path):
+    model_dir = _model_dir(versions, tmp_path, numbers=(1,))
+    config = _config(tmp_path, model_dir, labels={"canary": 2})
+    with pytest.raises(ServingError) as info:
+        flags.make_core(model_config_file=config, poll_s=0)
+    assert info.value.code == "FAILED_PRECONDITION"
+    assert info.value.message == (
+        f"Request to assign label to version 2 of model {NAME}, which is not "
+        "currently available for inference"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        server_lib.main(["--model_config_file", config, "--port", "0"])
+    assert exit_info.value.code == 1
+    # --allow_version_labels_for_unavailable_models: the label resolves to a
+    # version that is not loaded, which is NOT_FOUND.
+    core = flags.make_core(
+        model_config_file=config, poll_s=0, allow_labels_for_unavailable=True
+    )
+    server = _serve(core)
+    try:
+        path = f"/v1/models/{NAME}/labels/canary:predict"
+        status, body = predict(server, {"instances": [[5, 6]]}, path)
+        assert status == 404
+        assert body == {"error": f"Servable not found for request: Specific({NAME}, 2)"}
+    finally:
+        _stop(server)
+
+
+def test_latest_policy_swaps_and_keeps_serving_through_a_bad_version(
+    versions, tmp_path
+):
+    model_dir = _model_dir(versions, tmp_path, numbers=(1,))
+    config = _config(
+        tmp_path, model_dir, "model_version_policy { latest { num_versions: 1 } }"
+    )
+    core = flags.make_core(model_config_file=config, poll_s=0)
+    server = _serve(core)
+    try:
+        assert available(server) == ["1"]
+        shutil.copytree(versions["source"] / "2", model_dir / "2")
+        assert core.models[NAME].reload()  # Loads 2 before it unloads 1.
+        _, body = request(server, "GET", f"/v1/models/{NAME}")
+        states = [(s["version"], s["state"]) for s in body["model_version_status"]]
+        assert states == [("2", "AVAILABLE"), ("1", "END")]
+        # A version that cannot load: END with its error; 2 keeps serving.
+        (model_dir / "3").mkdir()
+        (model_dir / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+        assert not core.models[NAME].reload()
+        _, body = request(server, "GET", f"/v1/models/{NAME}/versions/3")
+        (entry,) = body["model_version_status"]
+        assert entry["state"] == "END" and entry["status"]["error_code"] != "OK"
+        assert str(tmp_path) not in entry["status"]["error_message"]
+        assert available(server) == ["2"]
+        ids = random_token_ids(1, 4).tolist()
+        assert predict(server, {"instances": ids})[0] == 200
+    finally:
+        _stop(server)
