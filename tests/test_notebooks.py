@@ -123,6 +123,16 @@ def test_committed_notebook_is_clean_and_parametrized(name):
             assert before.cell_type == "markdown", cell.source[:200]
 
 
+def test_serve_notebook_fallback_training_flags_are_valid(tmp_path):
+    # CI serves train_on_tpu's export; in a fresh Colab runtime the notebook
+    # trains first with TRAIN_FLAGS, so they must stay valid job flags.
+    from training.train import parse_args
+
+    parameters = _assigned(_parameters_cell(_read("serve_and_query")).source)
+    args = parse_args([*parameters["TRAIN_FLAGS"], "--output", str(tmp_path)])
+    assert args.epochs >= 1 and args.steps_per_epoch >= 1
+
+
 def test_colab_readme_links_every_notebook():
     readme = (COLAB / "README.md").read_text()
     for name in NOTEBOOKS:
