@@ -10,6 +10,7 @@
   applies it.
 """
 
+from tf_switch.distribute.expert_parallel import logical_weights, set_logical_weights  # noqa: F401
 from tf_switch.distribute.strategy import (
     STRATEGIES,
     StrategyUnavailableError,
