@@ -1,15 +1,16 @@
 """PNG plots of a training run: loss curves and expert load over training."""
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are made without pyplot, so plotting files never changes the
+# matplotlib backend of a notebook or GUI that imports this module.
 
 
 def plot_losses(history, path):
     """Training and validation loss (and perplexity) per epoch."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
     epochs = np.arange(1, len(history["loss"]) + 1)
     axis.plot(epochs, history["loss"], marker="o", label="training loss")
     if "val_loss" in history:
@@ -20,7 +21,6 @@ def plot_losses(history, path):
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def plot_expert_load(load_history, path):
@@ -36,13 +36,11 @@ def plot_expert_load(load_history, path):
         return
     matrices = [np.array([load_history[e][layer] for layer in layers]) for e in epochs]
     vmax = max(float(m.max()) for m in matrices)
-    figure, axes = plt.subplots(
-        1,
-        len(epochs),
+    figure = Figure(
         figsize=(3.5 * len(epochs) + 1.5, 1.5 + 0.5 * len(layers)),
-        squeeze=False,
-        constrained_layout=True,
+        layout="constrained",
     )
+    axes = figure.subplots(1, len(epochs), squeeze=False)
     names = [layer.split("_ffn")[0] for layer in layers]
     for axis, epoch, matrix in zip(axes[0], epochs, matrices, strict=True):
         image = axis.imshow(matrix, vmin=0.0, vmax=vmax, cmap="viridis", aspect="auto")
@@ -51,4 +49,3 @@ def plot_expert_load(load_history, path):
         axis.set_yticks(range(len(layers)), names if axis is axes[0][0] else [])
     figure.colorbar(image, ax=axes[0].tolist(), label="fraction of tokens (top-1)")
     figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -60,6 +60,11 @@ def parse_args(argv=None):
     parser.add_argument("--capacity-factor", type=float, default=1.25)
     parser.add_argument("--eval-capacity-factor", type=float, default=2.0)
     parser.add_argument("--group-size", type=int, help="tokens per routing group")
+    parser.add_argument(
+        "--dispatch",
+        choices=("gather", "einsum"),
+        help="token dispatch (default: the preset's); einsum suits TPUs",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch")
     parser.add_argument("--validation-steps", type=int, default=20)
@@ -127,6 +132,8 @@ def model_config(args, vocab_size):
     }
     if args.group_size:
         switch_options["group_size"] = args.group_size
+    if args.dispatch:
+        switch_options["dispatch"] = args.dispatch
     return config.replace(switch_options=switch_options)
 
 
@@ -244,13 +251,18 @@ def chief_callbacks(args, load_recorder):
     ]
 
 
-def train(args):
+def train(args, strategy=None):
+    """Runs the job for parsed flags; returns the trained model.
+
+    `strategy`: one already made (e.g. by a notebook that looked for a TPU
+    itself); None resolves `--strategy`.
+    """
     if args.cpu_devices:
         split_cpu(args.cpu_devices)
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(args.precision)
-    strategy = resolve_strategy(args.strategy)
+    strategy = strategy or resolve_strategy(args.strategy)
     chief = is_chief(strategy)
 
     corpus = corpus_lib.load_corpus(args.data)
