@@ -23,25 +23,10 @@ from serving.grpc_server import make_grpc_server
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
-    tiny_model,
-    tiny_tokenizer,
 )
-from tf_switch.export import export_for_serving
 
 NAME = "switch"
 TIMEOUT = 30
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    tokenizer = tiny_tokenizer()
-    base = str(tmp_path_factory.mktemp("exports"))
-    path = export_for_serving(tiny_model(tokenizer), tokenizer, base, model_name=NAME)
-    return {
-        "base": base,
-        "loaded": tf.saved_model.load(path),
-        "vocab_size": tokenizer.vocab_size,
-    }
 
 
 @pytest.fixture(scope="module")

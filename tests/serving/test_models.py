@@ -26,27 +26,21 @@ from tests.serving.rest import NAME, available, check_error, predict, request
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
-    tiny_model,
-    tiny_tokenizer,
 )
-from tf_switch.export import export_for_serving
 
 TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory):
+def versions(exported, other_export, tmp_path_factory):
     """`<source>/switch/{1,2}`: two tiny models with different weights."""
-    tokenizer = tiny_tokenizer()
-    source = tmp_path_factory.mktemp("versions")
-    paths = [
-        export_for_serving(tiny_model(tokenizer), tokenizer, source, NAME)
-        for _ in range(2)
-    ]
-    loaded = {v: tf.saved_model.load(p) for v, p in enumerate(paths, 1)}
+    source = tmp_path_factory.mktemp("versions") / NAME
+    for version, export in [(1, exported), (2, other_export)]:
+        shutil.copytree(export["path"], source / str(version))
+    loaded = {1: exported["loaded"], 2: other_export["loaded"]}
     ids = random_token_ids(1, 4)
     assert not np.allclose(_logits(loaded[1], ids), _logits(loaded[2], ids))
-    return {"source": source / NAME, "loaded": loaded}
+    return {"source": source, "loaded": loaded}
 
 
 def _model_dir(versions, tmp_path, numbers=(1, 2)):

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_text  # noqa: F401
 
 from serving import server as server_lib
@@ -18,26 +17,8 @@ from tests.serving.rest import NAME, available, check_error, predict, request
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
-    tiny_model,
-    tiny_tokenizer,
 )
 from tf_switch.export import export_for_serving
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    tokenizer = tiny_tokenizer()
-    base = str(tmp_path_factory.mktemp("exports"))
-    model = tiny_model(tokenizer)
-    path = export_for_serving(model, tokenizer, base, model_name=NAME)
-    return {
-        "base": base,
-        "path": path,
-        "loaded": tf.saved_model.load(path),
-        "vocab_size": tokenizer.vocab_size,
-        "model": model,
-        "tokenizer": tokenizer,
-    }
 
 
 def _start(base, **kwargs):

@@ -1,0 +1,41 @@
+"""Tiny exports shared by the serving tests (one build per test process)."""
+
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (ops of the export)
+
+from tests.tiny_export import tiny_model, tiny_tokenizer
+from tf_switch.export import export_for_serving
+
+NAME = "switch"
+
+
+def _export(tmp_path_factory, tokenizer, folder):
+    base = str(tmp_path_factory.mktemp(folder))
+    model = tiny_model(tokenizer)
+    path = export_for_serving(model, tokenizer, base, model_name=NAME)
+    return {
+        "base": base,
+        "path": path,
+        "loaded": tf.saved_model.load(path),
+        "vocab_size": tokenizer.vocab_size,
+        "model": model,
+        "tokenizer": tokenizer,
+    }
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tokenizer):
+    """`base/switch/1`: a tiny Switch LM export (read only: copy to change)."""
+    return _export(tmp_path_factory, tokenizer, "exports")
+
+
+@pytest.fixture(scope="session")
+def other_export(tmp_path_factory, tokenizer):
+    """Another `base/switch/1`, same shapes, different weights."""
+    return _export(tmp_path_factory, tokenizer, "other_exports")
