@@ -214,8 +214,9 @@ class _StepLosses:
         )
 
 
-def _fit(model, inputs, targets, steps):
-    """`steps` steps of `model.fit` on the same global batch, in one epoch."""
+def _fit(model, inputs, targets, steps, epochs=1, callbacks=()):
+    """`model.fit` on the same global batch, `steps` steps per epoch; returns
+    the loss logged after each step."""
     dataset = (
         tf.data.Dataset.from_tensor_slices((inputs, targets))
         .batch(len(inputs))
@@ -224,11 +225,11 @@ def _fit(model, inputs, targets, steps):
     recorder = _StepLosses()
     model.fit(
         dataset,
-        epochs=1,
+        epochs=epochs,
         steps_per_epoch=steps,
         verbose=0,
         shuffle=False,
-        callbacks=[recorder.callback],
+        callbacks=[*callbacks, recorder.callback],
     )
     return [float(loss) for loss in recorder.losses]
 
@@ -319,25 +320,31 @@ def _check_save_and_load(strategy, directory, replicated, parallel):
     result["keras_reload_error"] = _max_error(reloaded(inputs), replicated(inputs))
     result["keras_reload_shapes"] = [list(v.shape) for v in reloaded.weights]
 
-    # Replicated weights and Adam state load into a fresh expert-parallel
-    # model (what BackupAndRestore does), which then trains on in lock step.
-    replicated.save_weights(os.path.join(directory, "replicated.weights.h5"))
+    # A replicated run's BackupAndRestore backup (weights and Adam state)
+    # restores into a fresh expert-parallel model, which then trains on in
+    # lock step with the replicated one.
+    backup = os.path.join(directory, "backup")
+    keep_backup = keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)
+    _fit(replicated, inputs, targets, steps=1, callbacks=[keep_backup])
     with strategy.scope():
         restored = _tiny_model(expert_parallel=True)
-        restored.optimizer.build(restored.trainable_variables)
-    restored.load_weights(os.path.join(directory, "replicated.weights.h5"))
-    result["restore_slot_error"] = max(
+    result["resumed_losses"] = {
+        "restored": _fit(
+            restored,
+            inputs,
+            targets,
+            steps=2,
+            epochs=2,  # the backup holds epoch 1: epoch 2 alone runs
+            callbacks=[keras.callbacks.BackupAndRestore(backup)],
+        ),
+        "replicated": _fit(replicated, inputs, targets, steps=2),
+    }
+    result["resumed_weight_error"] = max(
         _max_error(a, b)
         for a, b in zip(
-            _optimizer_state(restored.optimizer),
-            _optimizer_state(replicated.optimizer),
-            strict=True,
+            logical_weights(restored), replicated.get_weights(), strict=True
         )
     )
-    result["resumed_losses"] = {
-        name: _fit(model, inputs, targets, steps=2)
-        for name, model in (("replicated", replicated), ("restored", restored))
-    }
     return result
 
 
