@@ -30,6 +30,8 @@ import logging
 import os
 import threading
 
+import numpy as np
+
 from serving import warmup
 from serving.saved_model import serving_signatures
 from serving.status import ServingError, clean_message, from_op_error
@@ -118,10 +120,36 @@ class LoadedVersion:
             signature_map.signature_def[name].CopyFrom(signature)
         return signature_map
 
+    def check_shapes(self, signature_name, inputs):
+        """INVALID_ARGUMENT unless each input fits its signature's shape.
+
+        TF Serving feeds the session, whose placeholders refuse a wrong rank
+        or a wrong fixed dimension; a concrete function would raise a Python
+        TypeError instead, so the check is made here first.
+        """
+        signature = self.signature_defs[signature_name]
+        for name, value in sorted(inputs.items()):
+            shape = signature.inputs[name].tensor_shape
+            if shape.unknown_rank:
+                continue
+            expected = [dim.size for dim in shape.dim]
+            got = list(np.shape(value))
+            fits = len(got) == len(expected) and all(
+                e in (-1, g) for e, g in zip(expected, got, strict=True)
+            )
+            if not fits:
+                raise ServingError(
+                    "INVALID_ARGUMENT",
+                    f"input '{name}' must have shape {expected} (-1: any size, "
+                    f"rank {len(expected)}), but it has shape {got} (rank "
+                    f"{len(got)}).",
+                )
+
     def run(self, signature_name, inputs):
         """Runs a signature on numpy inputs; returns {output: numpy array}."""
         import tensorflow as tf
 
+        self.check_shapes(signature_name, inputs)
         try:
             outputs = self.functions[signature_name](
                 **{key: tf.constant(value) for key, value in inputs.items()}

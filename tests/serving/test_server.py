@@ -179,6 +179,25 @@ BAD_REQUESTS = [
         },
         "float32",
     ),
+    # The issue's list, continued: types, ranks, lengths, request shape.
+    ({"instances": [[5, None]]}, "int32"),
+    ({"instances": [[5, 2**31]]}, "out of range for int32"),
+    ({"instances": [[5, -(2**31) - 1]]}, "out of range for int32"),
+    ({"instances": [5, 6]}, "rank 2"),
+    ({"inputs": [[[5, 6]]]}, "rank 2"),
+    ({"inputs": []}, "rank 2"),
+    ({"instances": [[5] * 13]}, "at most 12 tokens"),
+    ({"instances": [[5]], "signature_name": 5}, "must be a string"),
+    ({"instances": {"token_ids": [[5]]}}, "must be a JSON list"),
+    ({"instances": [{"b64": "AAAA"}]}, "int32"),
+    (
+        {
+            "signature_name": "generate",
+            "inputs": {"prompt": [{"b64": "*"}], "max_new_tokens": [1]}
+            | {"temperature": [0.0]},
+        },
+        "base64",
+    ),
 ]
 
 
@@ -187,12 +206,38 @@ def test_bad_requests_are_400(server, exported, body, message):
     status, answer = predict(server, body)
     check_error(status, answer, 400, exported)
     assert message in answer["error"]
+    assert_healthy(server)
 
 
-def test_malformed_bodies_are_400(server, exported):
-    for raw in [b"", b"{", b"[1, 2]", b"\xff\xfe", b'{"instances": [[5]']:
-        status, body = request(server, "POST", f"/v1/models/{NAME}:predict", raw=raw)
-        check_error(status, body, 400, exported)
+def assert_healthy(server):
+    ids = random_token_ids(1, 3, seed=11).tolist()
+    status, body = predict(server, {"instances": ids})
+    assert status == 200 and len(body["predictions"]) == 1, body
+
+
+RAW_BODIES = [
+    (b"", "JSON Parse error: The document is empty"),
+    (b"{", "JSON Parse error"),
+    (b'{"instances": [[5]]', "JSON Parse error"),
+    (b"[1, 2]", "Is not object"),
+    (b"\xff\xfe", "not valid UTF-8"),
+    (
+        '{"signature_name": "generate", "instances": [{"prompt": "\u00e9'.encode()
+        + b"\xe9\xff"
+        + b'", "max_new_tokens": 1, "temperature": 0}]}',
+        "not valid UTF-8",
+    ),  # fmt: skip
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"inputs": ' + b"[" * 300 + b"5" + b"]" * 300 + b"}", "deeper than 254"),
+]
+
+
+@pytest.mark.parametrize("raw, message", RAW_BODIES)
+def test_malformed_bodies_are_400(server, exported, raw, message):
+    status, body = request(server, "POST", f"/v1/models/{NAME}:predict", raw=raw)
+    check_error(status, body, 400, exported)
+    assert message in body["error"], body
+    assert_healthy(server)
 
 
 def test_unknown_model_or_version_is_404(server, exported):
@@ -210,16 +255,23 @@ def test_unknown_model_or_version_is_404(server, exported):
 
 
 def test_wrong_method_or_path_under_v1_is_400(server, exported):
-    # http_rest_api_handler.cc: "Malformed request: METHOD PATH".
+    # http_rest_api_handler.cc: anything its POST and GET regexes do not
+    # match is InvalidArgument "Malformed request: METHOD PATH" (400).
     for method, path in [
         ("GET", f"/v1/models/{NAME}:predict"),
+        ("PUT", f"/v1/models/{NAME}:predict"),
+        ("DELETE", f"/v1/models/{NAME}:predict"),
+        ("PATCH", f"/v1/models/{NAME}/versions/1:predict"),
         ("POST", f"/v1/models/{NAME}"),
+        ("PUT", f"/v1/models/{NAME}"),
         ("DELETE", f"/v1/models/{NAME}"),
         ("POST", f"/v1/models/{NAME}:explode"),
     ]:
-        status, answer = request(server, method, path)
+        body = {"instances": [[5]]} if method != "GET" else None
+        status, answer = request(server, method, path, body=body)
         check_error(status, answer, 400, exported)
-        assert "Malformed request" in answer["error"]
+        assert answer["error"] == f"Malformed request: {method} {path}"
+    assert_healthy(server)
 
 
 def test_oversized_body_is_413(server, exported):
