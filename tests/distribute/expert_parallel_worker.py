@@ -1,9 +1,9 @@
-"""Expert-parallel checks that need D logical CPUs, one process per check.
+"""Expert-parallel checks that need D logical CPUs, run in fresh processes.
 
 Logical devices must be configured before TensorFlow runs any op, and a
 collective group key can be initialized once per process, so
-`tests/distribute/test_expert_parallel.py` runs each check here in a fresh
-subprocess with a hard timeout:
+`tests/distribute/test_expert_parallel.py` runs the checks here in fresh
+subprocesses with a hard timeout:
 
     python -m tests.distribute.expert_parallel_worker layer,serving_copy 2
 
@@ -100,7 +100,7 @@ def check_layer(strategy):
     actual = np.concatenate(
         [t.numpy() for t in strategy.experimental_local_results(outputs)]
     )
-    grad_errors = {}
+    grad_errors, grad_scales = {}, {}
     for variable, grad, want in zip(
         layer.trainable_variables, grads, expected_grads, strict=True
     ):
@@ -110,12 +110,14 @@ def check_layer(strategy):
         else:
             got = np.sum(parts, axis=0)  # data-parallel: sum over replicas
         grad_errors[variable.path] = _max_error(got, want)
+        grad_scales[variable.path] = float(np.abs(want).max())
     with strategy.scope():  # cross-replica context: shards are concatenated
         cross_replica = layer(inputs, training=True)
     return {
         "output_scale": float(np.abs(expected).max()),
         "output_error": _max_error(actual, expected),
         "grad_errors": grad_errors,
+        "grad_scales": grad_scales,
         "cross_replica_error": _max_error(cross_replica, expected),
         "shapes": {v.path: list(v.shape) for v in layer.weights},
         "logical_error": max(

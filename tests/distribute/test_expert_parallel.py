@@ -42,6 +42,7 @@ def check_layer(result, num_devices):
     assert result["output_error"] < ATOL
     for path, error in result["grad_errors"].items():
         assert error < ATOL, path
+        assert result["grad_scales"][path] > 1e-4, path  # not a zero gradient
     assert result["cross_replica_error"] < ATOL
     assert result["logical_error"] == 0.0
 
