@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_switch import text
+from tf_switch.distribute import logical_weights
 from tf_switch.layers import SwitchRouter
 from tf_switch.models import SwitchLanguageModel
 
@@ -47,11 +48,14 @@ def serving_model(model):
     Training may group tokens across sequences and run in bfloat16 on a TPU;
     serving needs per-sequence groups and float32 signatures. The copy is
     built on the CPU (call this outside `strategy.scope()`), so no TPU
-    variable or op reaches the serving graph. The weights are shared by
-    value (`set_weights`), and dropout is inactive at inference anyway.
+    variable or op reaches the serving graph. The weights are copied by
+    value (`logical_weights`: an expert-parallel model's experts gathered to
+    full `[N, ...]`), and dropout is inactive at inference anyway.
     """
     options = {
-        k: v for k, v in model.config.switch_options.items() if k != "group_size"
+        k: v
+        for k, v in model.config.switch_options.items()
+        if k not in ("group_size", "expert_parallel")
     }
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
@@ -60,7 +64,7 @@ def serving_model(model):
             copy = SwitchLanguageModel(model.config.replace(switch_options=options))
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    copy.set_weights(model.get_weights())
+    copy.set_weights(logical_weights(model))
     for layer in copy._flatten_layers():
         if isinstance(layer, SwitchRouter):
             layer.update_metrics = False  # a request must not write state

@@ -61,6 +61,13 @@ def parse_args(argv=None):
     parser.add_argument("--eval-capacity-factor", type=float, default=2.0)
     parser.add_argument("--group-size", type=int, help="tokens per routing group")
     parser.add_argument(
+        "--expert-parallel",
+        action="store_true",
+        help="shard each Switch layer's experts over the replicas (N/D each, "
+        "all-to-all token exchange); --experts and --batch-size must be "
+        "divisible by the number of replicas",
+    )
+    parser.add_argument(
         "--dispatch",
         choices=("gather", "einsum"),
         help="token dispatch (default: the preset's); einsum suits TPUs",
@@ -134,6 +141,8 @@ def model_config(args, vocab_size):
         switch_options["group_size"] = args.group_size
     if args.dispatch:
         switch_options["dispatch"] = args.dispatch
+    if args.expert_parallel:
+        switch_options["expert_parallel"] = True
     return config.replace(switch_options=switch_options)
 
 
@@ -240,6 +249,19 @@ def write_results(model, load_recorder, tokenizer, args):
     return sample, export_dir
 
 
+def check_expert_parallel(args, strategy):
+    replicas = strategy.num_replicas_in_sync
+    if args.batch_size % replicas:
+        raise SystemExit(
+            f"--expert-parallel: --batch-size {args.batch_size} must be "
+            f"divisible by the {replicas} replicas (equal per-replica batches)."
+        )
+    if args.jit_compile and not isinstance(strategy, tf.distribute.TPUStrategy):
+        raise SystemExit(
+            "--expert-parallel with --jit-compile runs only under TPUStrategy."
+        )
+
+
 def chief_callbacks(args, load_recorder):
     """Callbacks that write logs: the chief's alone."""
     return [
@@ -263,6 +285,8 @@ def train(args, strategy=None):
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(args.precision)
     strategy = strategy or resolve_strategy(args.strategy)
+    if args.expert_parallel:
+        check_expert_parallel(args, strategy)
     chief = is_chief(strategy)
 
     corpus = corpus_lib.load_corpus(args.data)

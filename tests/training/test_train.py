@@ -155,3 +155,30 @@ def test_tpu_code_path_runs_on_cpu(corpus_dir, tmp_path):
     for function in meta_graph.graph_def.library.function:
         nodes += function.node_def
     assert not [node.op for node in nodes if "TPU" in node.op]
+
+
+@pytest.mark.slow
+def test_expert_parallel_job_matches_replicated_experts(corpus_dir, tmp_path):
+    # Two logical CPUs; each holds 4 of the 8 experts per Switch layer.
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    mirrored = ("--strategy", "mirrored", "--cpu-devices", "2", "--epochs", "1")
+    for run, extra in (("replicated", ()), ("sharded", ("--expert-parallel",))):
+        flags = _flags(corpus_dir, tmp_path / run, *mirrored, *extra)
+        job = subprocess.run(
+            [sys.executable, "-m", "training.train", *flags],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert job.returncode == 0, job.stderr[-3000:]
+    weights = [
+        keras.saving.load_model(tmp_path / run / "model.keras").get_weights()
+        for run in ("replicated", "sharded")
+    ]
+    assert any(w.shape == (8, 128, 256) for w in weights[1])  # saved whole
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert (
+        tmp_path / "sharded" / "serving" / "switch" / "1" / "saved_model.pb"
+    ).exists()
