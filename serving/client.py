@@ -244,7 +244,7 @@ class RestClient(_Client):
 
 
 class GrpcClient(_Client):
-    """A client of TF Serving's gRPC `PredictionService`."""
+    """A client of TF Serving's gRPC `PredictionService` and `ModelService`."""
 
     def __init__(self, target="127.0.0.1:8500", model_name="switch", timeout=10):
         import grpc
@@ -293,6 +293,31 @@ class GrpcClient(_Client):
         return self._predict(
             self._cast_inputs(inputs, signature_name), signature_name, output_filter
         )
+
+    def status(self):
+        """`ModelService.GetModelStatus` in the REST JSON shape."""
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        response = self._rpc(stub.GetModelStatus, request)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        codes = {code.value[0]: code.name for code in grpc.StatusCode}
+        return {
+            "model_version_status": [
+                {
+                    "version": str(entry.version),
+                    "state": states.Name(entry.state),
+                    "status": {
+                        "error_code": codes.get(entry.status.error_code, "UNKNOWN"),
+                        "error_message": entry.status.error_message,
+                    },
+                }
+                for entry in response.model_version_status
+            ]
+        }
 
     def metadata(self):
         """The metadata in the REST JSON shape (`metadata.signature_def`)."""

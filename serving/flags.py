@@ -4,15 +4,19 @@ Either `--model_name NAME --model_base_path BASE` (one model, the latest
 version) or `--model_config_file models.config` (a `ModelServerConfig` in text
 format: several models, `model_version_policy`, `version_labels`; relative
 `base_path`s are taken from the working directory), plus
-`--file_system_poll_wait_seconds`, `--enable_model_warmup` and
+`--file_system_poll_wait_seconds`, `--model_config_file_poll_wait_seconds`
+(re-read the config; 0, the default, never), `--enable_model_warmup` and
 `--allow_version_labels_for_unavailable_models`.
 """
 
+import logging
 import os
 
 from serving import configs
 from serving.models import DEFAULT_POLL_S, ModelManager, ServerCore, VersionPolicy
 from serving.status import ServingError
+
+logger = logging.getLogger(__name__)
 
 
 def _bool(text):
@@ -32,6 +36,7 @@ def add_model_flags(parser):
     parser.add_argument(
         "--file_system_poll_wait_seconds", type=float, default=DEFAULT_POLL_S
     )
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0)
     parser.add_argument("--enable_model_warmup", type=_bool, default=True)
     parser.add_argument(
         "--allow_version_labels_for_unavailable_models", type=_bool, default=False
@@ -60,6 +65,48 @@ def managers_from_config(path, **options):
     return managers
 
 
+class ConfigReloader:
+    """Re-applies a models.config when its text changes, as `ReloadConfig`.
+
+    Like server_core.cc, the labels are checked first (each must point at an
+    AVAILABLE version, so moving a label to a new version takes two edits:
+    add the version to the policy, then move the label once it is
+    AVAILABLE); a refused config changes nothing. Policies then change and
+    versions load or unload. Adding or removing models needs a restart here.
+    """
+
+    def __init__(self, path, core):
+        self.path = path
+        self.core = core
+        self._text = self._read()
+
+    def _read(self):
+        with open(self.path) as f:
+            return f.read()
+
+    def __call__(self):
+        text = self._read()
+        if text == self._text:
+            return False
+        config = configs.parse_models_config(self.path)
+        models = {model.name: model for model in config.model_config_list.config}
+        if set(models) != set(self.core.models):
+            raise ValueError(
+                f"{self.path}: adding or removing models needs a restart; the "
+                "config is not applied."
+            )
+        for name, model in models.items():
+            self.core.models[name].check_labels(dict(model.version_labels))
+        for name, model in models.items():
+            manager = self.core.models[name]
+            manager.policy = VersionPolicy.from_proto(model.model_version_policy)
+            manager.set_labels(dict(model.version_labels))
+            manager.reload()
+        self._text = text
+        logger.info("Applied %s.", self.path)
+        return True
+
+
 def make_core(
     base_path=None,
     model_name=None,
@@ -67,6 +114,7 @@ def make_core(
     poll_s=DEFAULT_POLL_S,
     enable_warmup=True,
     allow_labels_for_unavailable=False,
+    config_poll_s=0,
 ):
     """A `ServerCore` (not yet polling) from the flags' values."""
     options = {
@@ -80,6 +128,9 @@ def make_core(
                 "--model_base_path, not both."
             )
         managers = managers_from_config(model_config_file, **options)
+        core = ServerCore(managers, poll_s=poll_s, config_poll_s=config_poll_s)
+        core.config_reload = ConfigReloader(model_config_file, core)
+        return core
     else:
         if not base_path or not model_name:
             raise ValueError(
@@ -102,6 +153,7 @@ def core_from_args(args, parser):
             allow_labels_for_unavailable=(
                 args.allow_version_labels_for_unavailable_models
             ),
+            config_poll_s=args.model_config_file_poll_wait_seconds,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -30,11 +30,9 @@ import logging
 import os
 import threading
 
-import numpy as np
-
 from serving import warmup
-from serving.saved_model import serving_signatures
-from serving.status import ServingError, clean_message, from_op_error
+from serving.servable import LoadedVersion
+from serving.status import ServingError, clean_message
 
 logger = logging.getLogger(__name__)
 
@@ -88,75 +86,6 @@ class VersionPolicy:
         if self.kind == "specific":
             return set(versions) & self.versions
         return set(versions[-self.num_versions :])
-
-
-class LoadedVersion:
-    """One loaded version: the SavedModel, its SignatureDefMap, its number."""
-
-    def __init__(self, export_dir, version):
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-
-        self.version = version
-        self.export_dir = export_dir
-        self.signature_defs = serving_signatures(export_dir)
-        self.model = tf.saved_model.load(export_dir)
-        self.functions = dict(self.model.signatures)
-
-    def input_dtypes(self, signature_name):
-        import tensorflow as tf
-
-        signature = self.signature_defs[signature_name]
-        return {
-            key: tf.as_dtype(info.dtype).name for key, info in signature.inputs.items()
-        }
-
-    def signature_def_map(self):
-        """The signatures as a `tensorflow_serving.apis` `SignatureDefMap`."""
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in self.signature_defs.items():
-            signature_map.signature_def[name].CopyFrom(signature)
-        return signature_map
-
-    def check_shapes(self, signature_name, inputs):
-        """INVALID_ARGUMENT unless each input fits its signature's shape.
-
-        TF Serving feeds the session, whose placeholders refuse a wrong rank
-        or a wrong fixed dimension; a concrete function would raise a Python
-        TypeError instead, so the check is made here first.
-        """
-        signature = self.signature_defs[signature_name]
-        for name, value in sorted(inputs.items()):
-            shape = signature.inputs[name].tensor_shape
-            if shape.unknown_rank:
-                continue
-            expected = [dim.size for dim in shape.dim]
-            got = list(np.shape(value))
-            fits = len(got) == len(expected) and all(
-                e in (-1, g) for e, g in zip(expected, got, strict=True)
-            )
-            if not fits:
-                raise ServingError(
-                    "INVALID_ARGUMENT",
-                    f"input '{name}' must have shape {expected} (-1: any size, "
-                    f"rank {len(expected)}), but it has shape {got} (rank "
-                    f"{len(got)}).",
-                )
-
-    def run(self, signature_name, inputs):
-        """Runs a signature on numpy inputs; returns {output: numpy array}."""
-        import tensorflow as tf
-
-        self.check_shapes(signature_name, inputs)
-        try:
-            outputs = self.functions[signature_name](
-                **{key: tf.constant(value) for key, value in inputs.items()}
-            )
-            return {key: value.numpy() for key, value in outputs.items()}
-        except tf.errors.OpError as error:
-            raise from_op_error(error) from error
 
 
 class ModelManager:
@@ -260,20 +189,25 @@ class ModelManager:
 
     # --- Labels -------------------------------------------------------------------
 
-    def set_labels(self, labels):
-        """Replaces the label map; FAILED_PRECONDITION for an unavailable version."""
-        labels = {str(label): int(version) for label, version in labels.items()}
+    def check_labels(self, labels):
+        """FAILED_PRECONDITION if a label points at a version not AVAILABLE."""
+        if self.allow_labels_for_unavailable:
+            return
         with self._lock:
-            if not self.allow_labels_for_unavailable:
-                for version in sorted(labels.values()):
-                    if version not in self._loaded:
-                        raise ServingError(
-                            "FAILED_PRECONDITION",
-                            f"Request to assign label to version {version} of model "
-                            f"{self.name}, which is not currently available for "
-                            "inference",
-                        )
-            self._labels = labels
+            loaded = set(self._loaded)
+        for version in sorted(int(v) for v in labels.values()):
+            if version not in loaded:
+                raise ServingError(
+                    "FAILED_PRECONDITION",
+                    f"Request to assign label to version {version} of model "
+                    f"{self.name}, which is not currently available for inference",
+                )
+
+    def set_labels(self, labels):
+        """Replaces the label map, after `check_labels`."""
+        self.check_labels(labels)
+        with self._lock:
+            self._labels = {str(k): int(v) for k, v in labels.items()}
 
     def version_for_label(self, label):
         with self._lock:
@@ -313,15 +247,19 @@ class ModelManager:
 
 
 class ServerCore:
-    """The served models by name, and the thread that polls their versions.
+    """The served models by name, and the threads that poll for changes.
 
     Args:
         managers: `ModelManager`s (names must differ).
         poll_s: seconds between version polls (TF Serving's
             `--file_system_poll_wait_seconds`); 0 or None: no polling.
+        config_reload: a callable that re-applies the config file when it
+            changed, run every `config_poll_s` seconds (TF Serving's
+            `--model_config_file_poll_wait_seconds`; 0: never).
     """
 
-    def __init__(self, managers, poll_s=DEFAULT_POLL_S):
+    def __init__(self, managers, poll_s=DEFAULT_POLL_S, config_reload=None,
+                 config_poll_s=0):  # fmt: skip
         self.models = {}
         for manager in managers:
             if manager.name in self.models:
@@ -331,28 +269,43 @@ class ServerCore:
                 )
             self.models[manager.name] = manager
         self.poll_s = poll_s
+        self.config_reload = config_reload
+        self.config_poll_s = config_poll_s
         self._stop = threading.Event()
-        self._thread = None
+        self._threads = []
 
     def start_polling(self):
-        if self.poll_s and self._thread is None:
-            self._thread = threading.Thread(
-                target=self._poll, name="version-poll", daemon=True
-            )
-            self._thread.start()
+        if self._threads:
+            return
+        tasks = [("version-poll", self.poll_s, self._reload_versions)]
+        if self.config_reload is not None:
+            tasks.append(("config-poll", self.config_poll_s, self.config_reload))
+        for name, seconds, task in tasks:
+            if seconds:
+                thread = threading.Thread(
+                    target=self._poll, args=(seconds, task), name=name, daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
 
-    def _poll(self):
-        while not self._stop.wait(self.poll_s):
-            for manager in self.models.values():
-                try:
-                    manager.reload()
-                except Exception:  # Keep polling; the old versions still serve.
-                    logger.exception("Polling %s failed.", manager.name)
+    def _reload_versions(self):
+        for manager in list(self.models.values()):
+            try:
+                manager.reload()
+            except Exception:  # Keep polling; the old versions still serve.
+                logger.exception("Polling %s failed.", manager.name)
+
+    def _poll(self, seconds, task):
+        while not self._stop.wait(seconds):
+            try:
+                task()
+            except Exception:
+                logger.exception("Polling failed; trying again in %s s.", seconds)
 
     def stop(self):
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def _manager(self, name, version=None):
         if name not in self.models:

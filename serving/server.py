@@ -79,7 +79,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # A HEAD answer has headers only.
+            self.wfile.write(body)
 
     def _error(self, code, message):
         self._send(code, {"error": message})

@@ -119,6 +119,7 @@ def test_metadata_and_status_agree(clients):
     assert sorted(signatures) == ["generate", "route", "serving_default"]
     status = clients["rest"].status()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    assert clients["grpc"].status() == status  # ModelService.GetModelStatus
 
 
 def test_grpc_output_filter(clients, exported):

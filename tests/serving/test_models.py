@@ -305,3 +305,29 @@ def test_latest_policy_swaps_and_keeps_serving_through_a_bad_version(
         assert predict(server, {"instances": ids})[0] == 200
     finally:
         _stop(server)
+
+
+def test_config_reload_moves_a_label_in_two_edits(versions, tmp_path):
+    # --model_config_file_poll_wait_seconds re-applies the file as ReloadConfig:
+    # labels are checked before the policy changes, so a canary takes two edits.
+    model_dir = _model_dir(versions, tmp_path)
+    specific_1 = "model_version_policy { specific { versions: 1 } }"
+    specific_12 = "model_version_policy { specific { versions: 1 versions: 2 } }"
+    config = _config(tmp_path, model_dir, specific_1, {"stable": 1})
+    core = flags.make_core(model_config_file=config, poll_s=0, config_poll_s=60)
+    manager = core.models[NAME]
+    assert [s[:2] for s in manager.status()] == [(1, "AVAILABLE")]
+    assert core.config_reload() is False  # Unchanged.
+    _config(tmp_path, model_dir, specific_1, {"stable": 1, "canary": 2})
+    with pytest.raises(ServingError) as info:
+        core.config_reload()  # Version 2 is not AVAILABLE yet: nothing changes.
+    assert info.value.code == "FAILED_PRECONDITION"
+    assert [s[:2] for s in manager.status()] == [(1, "AVAILABLE")]
+    _config(tmp_path, model_dir, specific_12, {"stable": 1})
+    assert core.config_reload() is True
+    assert [s[:2] for s in manager.status()] == [(2, "AVAILABLE"), (1, "AVAILABLE")]
+    _config(tmp_path, model_dir, specific_12, {"stable": 1, "canary": 2})
+    assert core.config_reload() is True
+    assert core.get(NAME, label="canary").version == 2
+    assert core.get(NAME, label="stable").version == 1
+    core.stop()

@@ -271,6 +271,8 @@ def test_wrong_method_or_path_under_v1_is_400(server, exported):
         status, answer = request(server, method, path, body=body)
         check_error(status, answer, 400, exported)
         assert answer["error"] == f"Malformed request: {method} {path}"
+    # HEAD: the same status, and headers only.
+    assert request(server, "HEAD", f"/v1/models/{NAME}:predict") == (400, None)
     assert_healthy(server)
 
 

@@ -17,7 +17,8 @@ from tensorflow_serving.apis import (
 
 from serving import models, warmup
 from serving.grpc_server import make_grpc_server
-from serving.models import LoadedVersion, ModelManager
+from serving.models import ModelManager
+from serving.servable import LoadedVersion
 from serving.status import ServingError
 from tests.serving.rest import NAME
 from tests.tiny_export import random_token_ids
