@@ -10,8 +10,8 @@ and its aspired-versions manager, shared by REST and gRPC:
   then made AVAILABLE; versions leaving the policy are unloaded after that,
   and never while no aspired version is AVAILABLE (TF Serving's
   availability-preserving policy), so a version that fails to load leaves
-  the old one serving. A failed version is END with its error, and is not
-  retried.
+  the old one serving. A failed version is END with its error, and is
+  retried only once its directory changes.
 - Version labels (`version_labels` in models.config) map a label to a
   version. A label must point at an AVAILABLE version when the config is
   applied (else FAILED_PRECONDITION "Request to assign label to version N of
@@ -123,6 +123,7 @@ class ModelManager:
         # version -> (state, error_code, error_message), as ServableStateMonitor.
         self._states = {}
         self._labels = {}
+        self._failed_at = {}  # version -> its directory's mtime when it failed
         self.reload()
         if not self._loaded:
             failed = [v for v, (_, code, _) in self._states.items() if code != "OK"]
@@ -159,7 +160,14 @@ class ModelManager:
             return True
         logger.error("Could not load %s version %d: %s", self.name, version, failure)
         self._set_state(version, "END", *failure)
+        self._failed_at[version] = self._mtime(version)
         return False
+
+    def _mtime(self, version):
+        try:
+            return os.stat(os.path.join(self.base_path, str(version))).st_mtime_ns
+        except OSError:
+            return None
 
     def reload(self):
         """Loads newly aspired versions, then unloads the ones no longer aspired.
@@ -171,7 +179,11 @@ class ModelManager:
             aspired = self.policy.aspired(available_versions(self.base_path))
             with self._lock:
                 loaded = set(self._loaded)
-                failed = {v for v, s in self._states.items() if s[1] != "OK"}
+                failed = {
+                    v
+                    for v, s in self._states.items()
+                    if s[1] != "OK" and self._failed_at.get(v) == self._mtime(v)
+                }
             changed = False
             for version in sorted(aspired - loaded - failed, reverse=True):
                 changed |= self._load(version)

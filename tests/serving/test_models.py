@@ -303,6 +303,12 @@ def test_latest_policy_swaps_and_keeps_serving_through_a_bad_version(
         assert available(server) == ["2"]
         ids = random_token_ids(1, 4).tolist()
         assert predict(server, {"instances": ids})[0] == 200
+        assert not core.models[NAME].reload()  # Not retried while unchanged.
+        # Fixed in place (the directory changes): loaded on the next poll.
+        shutil.rmtree(model_dir / "3")
+        shutil.copytree(versions["source"] / "1", model_dir / "3")
+        assert core.models[NAME].reload()
+        assert available(server) == ["3"]
     finally:
         _stop(server)
 
