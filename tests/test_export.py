@@ -126,6 +126,23 @@ def test_warmup_requests_replay(exported):
         loaded.signatures[request.model_spec.signature_name](**inputs)
 
 
+def test_a_model_without_switch_layers_warms_up_only_its_own_signatures(
+    tokenizer, tmp_path
+):
+    # One block: the tiny preset's first Switch layer is block 1.
+    path = export_for_serving(tiny_model(tokenizer, num_layers=1), tokenizer, tmp_path)
+    loaded = tf.saved_model.load(path)
+    assert "route" not in loaded.signatures
+    records = list(tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)))
+    names = [
+        prediction_log_pb2.PredictionLog.FromString(
+            record.numpy()
+        ).predict_log.request.model_spec.signature_name
+        for record in records
+    ]
+    assert names == ["serving_default"]
+
+
 def test_versions_are_new_directories_written_whole(tokenizer, tmp_path):
     model = tiny_model(tokenizer)
     first = export_for_serving(model, tokenizer, tmp_path, model_name="m")

@@ -220,15 +220,18 @@ def _next_version(model_dir):
     return max(versions, default=0) + 1
 
 
-def _write_warmup_requests(export_dir, model_name, sequence_length):
+def _write_warmup_requests(export_dir, model_name, sequence_length, signatures):
     """`assets.extra/tf_serving_warmup_requests`: PredictionLog records that TF
-    Serving replays at load time, so the first real request is not slow."""
+    Serving replays at load time, so the first real request is not slow.
+
+    One record per `token_ids` signature in `signatures`; a record for a
+    signature the export lacks would make TF Serving refuse the version."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     path = os.path.join(export_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for signature in ("serving_default", "route"):
+        for signature in signatures:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = signature
@@ -282,6 +285,9 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
     for name, function in endpoints.items():
         archive.add_endpoint(name, function)
     archive.write_out(temporary, verbose=False)
-    _write_warmup_requests(temporary, model_name, module.sequence_length)
+    token_signatures = [name for name in endpoints if name != "generate"]
+    _write_warmup_requests(
+        temporary, model_name, module.sequence_length, token_signatures
+    )
     os.rename(temporary, final_dir)
     return final_dir
