@@ -23,8 +23,8 @@ demo: setup
 	$(PY) -m training.train --output runs/demo --epochs 4 --steps-per-epoch 150
 
 lint: setup
-	$(PY) -m ruff check tf_switch training tests benchmarks
-	$(PY) -m ruff format --check tf_switch training tests benchmarks
+	$(PY) -m ruff check tf_switch training serving tests benchmarks
+	$(PY) -m ruff format --check tf_switch training serving tests benchmarks
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[bench]"

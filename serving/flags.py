@@ -88,6 +88,8 @@ class ConfigReloader:
         text = self._read()
         if text == self._text:
             return False
+        # Tried once: a refused config is reported once, not at every poll.
+        self._text = text
         config = configs.parse_models_config(self.path)
         models = {model.name: model for model in config.model_config_list.config}
         if set(models) != set(self.core.models):
@@ -102,7 +104,6 @@ class ConfigReloader:
             manager.policy = VersionPolicy.from_proto(model.model_version_policy)
             manager.set_labels(dict(model.version_labels))
             manager.reload()
-        self._text = text
         logger.info("Applied %s.", self.path)
         return True
 

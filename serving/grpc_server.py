@@ -175,7 +175,8 @@ def make_grpc_server(
         prediction_service_pb2_grpc,
     )
 
-    if core is None:
+    owns_core = core is None
+    if owns_core:
         core = flags.make_core(base_path, model_name, poll_s=poll_s, **core_options)
     limiter = RequestLimiter(max_concurrent, request_timeout_s)
     # Room for the metadata and status RPCs next to max_concurrent predictions;
@@ -196,9 +197,14 @@ def make_grpc_server(
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(core), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if not bound:
-        core.stop()
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # newer grpcio raises where older ones return 0
+        bound = 0
+    if not bound:  # release what was made for this server
+        limiter.shutdown()
+        if owns_core:
+            core.stop()
         raise OSError(f"Could not bind a gRPC port at {host}:{port}.")
     server.core = core
     server.limiter = limiter

@@ -100,9 +100,16 @@ def _scalar(value, dtype, where):
     if dtype in _FLOAT_DTYPES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise invalid(f"{where}: expects {dtype}, got {json.dumps(value)}.")
-        if dtype == "float32" and math.isfinite(value) and abs(value) > 3.4028235e38:
-            raise invalid(f"{where}: {value} is out of range for float32.")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise invalid(
+                f"{where}: an integer of {len(str(value))} digits is out of "
+                f"range for {dtype}."
+            ) from None
+        if dtype == "float32" and math.isfinite(number) and abs(number) > 3.4028235e38:
+            raise invalid(f"{where}: {number:g} is out of range for float32.")
+        return number
     raise ServingError("UNIMPLEMENTED", f"{where}: dtype {dtype} is not supported.")
 
 

@@ -11,7 +11,7 @@ and its aspired-versions manager, shared by REST and gRPC:
   and never while no aspired version is AVAILABLE (TF Serving's
   availability-preserving policy), so a version that fails to load leaves
   the old one serving. A failed version is END with its error, and is
-  retried only once its directory changes.
+  retried only once a file in its directory changes.
 - Version labels (`version_labels` in models.config) map a label to a
   version. A label must point at an AVAILABLE version when the config is
   applied (else FAILED_PRECONDITION "Request to assign label to version N of
@@ -123,7 +123,7 @@ class ModelManager:
         # version -> (state, error_code, error_message), as ServableStateMonitor.
         self._states = {}
         self._labels = {}
-        self._failed_at = {}  # version -> its directory's mtime when it failed
+        self._failed_at = {}  # version -> its files' fingerprint when it failed
         self.reload()
         if not self._loaded:
             failed = [v for v, (_, code, _) in self._states.items() if code != "OK"]
@@ -160,14 +160,22 @@ class ModelManager:
             return True
         logger.error("Could not load %s version %d: %s", self.name, version, failure)
         self._set_state(version, "END", *failure)
-        self._failed_at[version] = self._mtime(version)
+        self._failed_at[version] = self._fingerprint(version)
         return False
 
-    def _mtime(self, version):
-        try:
-            return os.stat(os.path.join(self.base_path, str(version))).st_mtime_ns
-        except OSError:
-            return None
+    def _fingerprint(self, version):
+        """(path, size, mtime) of every file under the version's directory."""
+        root = os.path.join(self.base_path, str(version))
+        files = []
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    stat = os.stat(path)
+                except OSError:  # removed while we walk: a change
+                    continue
+                files.append((path, stat.st_size, stat.st_mtime_ns))
+        return sorted(files)
 
     def reload(self):
         """Loads newly aspired versions, then unloads the ones no longer aspired.
@@ -182,7 +190,7 @@ class ModelManager:
                 failed = {
                     v
                     for v, s in self._states.items()
-                    if s[1] != "OK" and self._failed_at.get(v) == self._mtime(v)
+                    if s[1] != "OK" and self._failed_at.get(v) == self._fingerprint(v)
                 }
             changed = False
             for version in sorted(aspired - loaded - failed, reverse=True):

@@ -237,10 +237,17 @@ def make_server(
     thread loads new versions. `core_options` go to `serving.flags.make_core`
     (`model_config_file`, `enable_warmup`, `allow_labels_for_unavailable`).
     """
-    if core is None:
+    owns_core = core is None
+    if owns_core:
         core = flags.make_core(base_path, model_name, poll_s=poll_s, **core_options)
     limiter = RequestLimiter(max_concurrent, request_timeout_s)
-    server = ModelServer((host, port), core, limiter, max_body_bytes=max_body_bytes)
+    try:
+        server = ModelServer((host, port), core, limiter, max_body_bytes=max_body_bytes)
+    except OSError:  # the port is taken: release what was made for it
+        limiter.shutdown()
+        if owns_core:
+            core.stop()
+        raise
     core.start_polling()
     return server
 

@@ -74,9 +74,10 @@ def load_balancing_loss(router_probs, expert_index, mask):
     Equals 1 when routing is perfectly balanced. f and P are taken over each
     group's valid tokens and the per-group losses averaged over the groups
     that hold any (Mesh TF and Flaxformer, the paper's code, do the same).
-    A mean over groups splits exactly over data-parallel replicas: the mean
-    of the replicas' losses is the loss of their global batch, as on one
-    device. Padding tokens count for neither f nor P.
+    A mean over groups splits exactly over data-parallel replicas that hold
+    equally many groups (equal per-replica batches whose tokens fill whole
+    groups): the mean of the replicas' losses is then the loss of their
+    global batch, as on one device. Padding tokens count for neither f nor P.
 
     Args:
         router_probs: `<float32>[G, T, N]`.

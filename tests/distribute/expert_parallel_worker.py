@@ -39,11 +39,12 @@ def _max_error(actual, expected):
     return float(np.max(np.abs(np.asarray(actual) - np.asarray(expected))))
 
 
-def _switch_ffn(expert_parallel, num_experts=8):
+def _switch_ffn(expert_parallel, num_experts=8, dispatch="gather"):
     from tf_switch import SwitchFFN
 
     return SwitchFFN(
         num_experts=num_experts,
+        dispatch=dispatch,
         intermediate_dim=12,
         activation="gated-gelu",
         use_bias=True,
@@ -53,7 +54,7 @@ def _switch_ffn(expert_parallel, num_experts=8):
     )
 
 
-def check_layer(strategy):
+def check_layer(strategy, dispatch="gather"):
     """Outputs and gradients of one call against the replicated layer."""
     import keras
 
@@ -71,7 +72,7 @@ def check_layer(strategy):
     upstream = rng.normal(size=inputs.shape).astype(np.float32)
 
     keras.utils.set_random_seed(1)
-    plain = _switch_ffn(expert_parallel=False)
+    plain = _switch_ffn(expert_parallel=False, dispatch=dispatch)
     plain.build(inputs.shape)
     with tf.GradientTape() as tape:
         expected = plain(inputs, training=True)
@@ -79,7 +80,7 @@ def check_layer(strategy):
     expected_grads = tape.gradient(loss, plain.trainable_variables)
 
     with strategy.scope():
-        layer = _switch_ffn(expert_parallel=True)
+        layer = _switch_ffn(expert_parallel=True, dispatch=dispatch)
         layer.build(inputs.shape)
     set_logical_weights(layer, plain.get_weights())
 
@@ -442,6 +443,8 @@ def main(argv):
     for check in checks:
         if check == "layer":
             result.update(check_layer(strategy))
+        elif check == "layer_einsum":  # the dispatch TPUs use
+            result["einsum"] = check_layer(strategy, dispatch="einsum")
         elif check == "bfloat16":
             result.update(check_bfloat16(strategy))
         elif check == "serving_copy":

@@ -65,11 +65,15 @@ def check_fit(result, num_devices):
 def two_devices():
     """One process on 2 logical CPUs for the quick checks; `errors` last,
     since its timed-out collective aborts the process's collectives."""
-    return run_worker("layer,bfloat16,serving_copy,errors", "2")
+    return run_worker("layer,layer_einsum,bfloat16,serving_copy,errors", "2")
 
 
 def test_layer_matches_replicated_experts_on_2_devices(two_devices):
     check_layer(two_devices, 2)
+
+
+def test_einsum_dispatch_matches_replicated_experts(two_devices):
+    check_layer(two_devices["einsum"], 2)
 
 
 def test_mixed_bfloat16_matches_replicated_experts(two_devices):

@@ -30,7 +30,12 @@ def _free_ports(count):
 
 
 def _start_workers(output, corpus, *options):
-    """Starts worker 0 (the chief) and worker 1; returns their processes."""
+    """Starts worker 0 (the chief) and worker 1; returns their processes.
+
+    Their output goes to files next to `output` (a pipe nobody reads while
+    the workers train could fill up and block one worker, and its peer with
+    it)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     flags = [
         *TINY_FLAGS,
@@ -55,15 +60,16 @@ def _start_workers(output, corpus, *options):
             "TF_CPP_MIN_LOG_LEVEL": "3",
         }
         command = [sys.executable, "-m", "tests.distribute.multi_worker_job"]
-        processes.append(
-            subprocess.Popen(
+        logs = [output.parent / f"{output.name}.{index}.{s}" for s in ("out", "err")]
+        with open(logs[0], "w") as stdout, open(logs[1], "w") as stderr:
+            process = subprocess.Popen(
                 [*command, *options, "--", *flags],
                 env=environment,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+                stdout=stdout,
+                stderr=stderr,
             )
-        )
+        process.logs = logs
+        processes.append(process)
     return processes
 
 
@@ -72,7 +78,8 @@ def _results(processes):
     results = []
     try:
         for process in processes:
-            stdout, stderr = process.communicate(timeout=TIMEOUT)
+            process.wait(timeout=TIMEOUT)
+            stdout, stderr = (path.read_text() for path in process.logs)
             lines = stdout.strip().splitlines()
             results.append((process.returncode, lines[-1] if lines else "", stderr))
     finally:
@@ -124,7 +131,7 @@ def test_two_workers_train_in_lock_step_and_resume_after_kill(corpus, tmp_path):
 def test_keras_still_needs_the_fix(corpus, tmp_path):
     # When this fails, Keras has fixed keras-team/keras#20585: narrow
     # keras_multi_worker_fix.AFFECTED_KERAS and drop the patch there.
-    results = _results(_start_workers(tmp_path, corpus, "--unpatched"))
+    results = _results(_start_workers(tmp_path / "run", corpus, "--unpatched"))
     assert any(code != 0 for code, _, _ in results)
     errors = " ".join(stderr for _, _, stderr in results)
     assert "PerReplica" in errors or "Invalid reduction dimension" in errors

@@ -183,6 +183,22 @@ BAD_REQUESTS = [
     ({"instances": [[5, None]]}, "int32"),
     ({"instances": [[5, 2**31]]}, "out of range for int32"),
     ({"instances": [[5, -(2**31) - 1]]}, "out of range for int32"),
+    (
+        {
+            "signature_name": "generate",
+            "inputs": {"prompt": ["a"], "max_new_tokens": [1]}
+            | {"temperature": [10**400]},
+        },
+        "out of range for float32",
+    ),
+    (
+        {
+            "signature_name": "generate",
+            "inputs": {"prompt": ["a"], "max_new_tokens": [1]}
+            | {"temperature": [1e39]},
+        },
+        "out of range for float32",
+    ),
     ({"instances": [5, 6]}, "rank 2"),
     ({"inputs": [[[5, 6]]]}, "rank 2"),
     ({"inputs": []}, "rank 2"),

@@ -254,6 +254,12 @@ class ExpertExchange:
         replica_id = tf.get_static_value(
             tf.distribute.get_replica_context().replica_id_in_sync_group
         )
+        if replica_id is None:
+            raise RuntimeError(
+                "Expert parallelism needs the replica id as a constant when the "
+                "step is traced, as MirroredStrategy gives it; this strategy "
+                f"({type(self.strategy).__name__}) does not."
+            )
         return _all_to_all_v3(
             self.communicators[replica_id], tensor, self.timeout_seconds
         )

@@ -1,6 +1,7 @@
 """Choosing the `tf.distribute` strategy a model trains under."""
 
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -50,13 +51,16 @@ def _cluster_size():
 
 def _tpu_hinted():
     """Whether this machine looks like it has a TPU: probing for one on a
-    machine without would reset TensorFlow's context."""
-    return bool(
-        os.environ.get("TPU_NAME")
-        or os.environ.get("COLAB_TPU_ADDR")
-        or glob.glob("/dev/accel[0-9]*")
-        or glob.glob("/dev/vfio/[0-9]*")
-    )
+    machine without would reset TensorFlow's context.
+
+    A named TPU, or TPU VM devices (`/dev/accel*` on v2-v4, VFIO on v5e and
+    later) together with the `libtpu` package that `tensorflow-tpu` installs
+    (VFIO devices alone also appear on GPU and network pass-through hosts).
+    """
+    if os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"):
+        return True
+    devices = glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*")
+    return bool(devices) and importlib.util.find_spec("libtpu") is not None
 
 
 def _tpu_strategy():
@@ -109,7 +113,7 @@ def resolve_strategy(name="auto"):
     if name == "tpu" or (name == "auto" and _tpu_hinted()):
         try:
             strategy = _tpu_strategy()
-        except (ValueError, tf.errors.NotFoundError, IndexError) as error:
+        except Exception as error:  # noqa: BLE001 (any failure: no usable TPU)
             if name == "tpu":
                 raise StrategyUnavailableError(
                     f"A TPU was requested but none was found ({error}). On "
