@@ -88,14 +88,22 @@ class ConfigReloader:
         text = self._read()
         if text == self._text:
             return False
-        # Tried once: a refused config is reported once, not at every poll.
-        self._text = text
         config = configs.parse_models_config(self.path)
         models = {model.name: model for model in config.model_config_list.config}
         if set(models) != set(self.core.models):
             raise ValueError(
                 f"{self.path}: adding or removing models needs a restart; the "
                 "config is not applied."
+            )
+        moved = [
+            name
+            for name, model in models.items()
+            if os.path.abspath(model.base_path) != self.core.models[name].base_path
+        ]
+        if moved:
+            raise ValueError(
+                f"{self.path}: changing the base_path of {', '.join(moved)} needs "
+                "a restart; the config is not applied."
             )
         for name, model in models.items():
             self.core.models[name].check_labels(dict(model.version_labels))
@@ -104,6 +112,7 @@ class ConfigReloader:
             manager.policy = VersionPolicy.from_proto(model.model_version_policy)
             manager.set_labels(dict(model.version_labels))
             manager.reload()
+        self._text = text
         logger.info("Applied %s.", self.path)
         return True
 

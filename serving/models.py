@@ -316,11 +316,17 @@ class ServerCore:
                 logger.exception("Polling %s failed.", manager.name)
 
     def _poll(self, seconds, task):
+        # Like TF Serving, retry at every poll (a refused config may become
+        # valid once a version loads), but report each failure once.
+        reported = None
         while not self._stop.wait(seconds):
             try:
                 task()
-            except Exception:
-                logger.exception("Polling failed; trying again in %s s.", seconds)
+                reported = None
+            except Exception as error:
+                if repr(error) != reported:
+                    logger.exception("Polling failed; retrying every %s s.", seconds)
+                    reported = repr(error)
 
     def stop(self):
         self._stop.set()

@@ -337,3 +337,17 @@ def test_config_reload_moves_a_label_in_two_edits(versions, tmp_path):
     assert core.get(NAME, label="canary").version == 2
     assert core.get(NAME, label="stable").version == 1
     core.stop()
+
+
+def test_config_reload_refuses_a_moved_base_path(versions, tmp_path):
+    model_dir = _model_dir(versions, tmp_path)
+    specific_1 = "model_version_policy { specific { versions: 1 } }"
+    config = _config(tmp_path, model_dir, specific_1)
+    core = flags.make_core(model_config_file=config, poll_s=0, config_poll_s=60)
+    try:
+        _config(tmp_path, tmp_path / "elsewhere", specific_1)
+        with pytest.raises(ValueError, match=f"base_path of {NAME} needs a restart"):
+            core.config_reload()
+        assert [s[:2] for s in core.models[NAME].status()] == [(1, "AVAILABLE")]
+    finally:
+        core.stop()
