@@ -1,0 +1,124 @@
+"""What `RestClient` and `GrpcClient` share: `ServingClientError`, inputs cast
+to a signature's dtypes where that loses nothing, and `predict`, `generate`
+and `route` over each client's `_predict` and `metadata`."""
+
+import numpy as np
+
+DEFAULT_SIGNATURE = "serving_default"
+
+# DataType enum names -> numpy dtypes (the ones TF Serving's JSON handles).
+NUMPY_DTYPES = {
+    "DT_FLOAT": np.float32,
+    "DT_DOUBLE": np.float64,
+    "DT_INT8": np.int8,
+    "DT_INT16": np.int16,
+    "DT_INT32": np.int32,
+    "DT_INT64": np.int64,
+    "DT_UINT8": np.uint8,
+    "DT_UINT16": np.uint16,
+    "DT_UINT32": np.uint32,
+    "DT_UINT64": np.uint64,
+    "DT_BOOL": np.bool_,
+    "DT_STRING": object,
+}
+
+
+class ServingClientError(Exception):
+    """A server's error: `status` (HTTP status or gRPC code name), `message`."""
+
+    def __init__(self, status, message):
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self):
+        return f"{self.status}: {self.message}"
+
+
+def to_bytes(value):
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _cast(value, dtype_name):
+    """`value` as a numpy array of the signature's dtype, when that loses nothing."""
+    array = np.asarray(value)
+    target = NUMPY_DTYPES.get(dtype_name)
+    if target is None:
+        return array
+    if target is object:
+        if array.dtype.kind in "SUO":
+            flat = [to_bytes(item) for item in array.reshape(-1)]
+            out = np.empty(len(flat), dtype=object)
+            out[:] = flat
+            return out.reshape(array.shape)
+        return array
+    kind = np.dtype(target).kind
+    if kind in "iu" and array.dtype.kind in "iu":
+        return array.astype(target)
+    if kind == "f" and array.dtype.kind in "iuf":
+        return array.astype(target)
+    if kind == "b" and array.dtype.kind == "b":
+        return array
+    return array  # Sent as is: the server gives the error.
+
+
+def _signature(metadata, signature_name):
+    signatures = metadata.get("metadata", {}).get("signature_def", {})
+    return signatures.get("signature_def", {}).get(signature_name)
+
+
+def _generate_inputs(prompts, max_new_tokens, temperature):
+    if isinstance(prompts, (str, bytes)):
+        prompts = [prompts]
+    prompts = list(prompts)
+    size = len(prompts)
+    prompt = np.empty(size, dtype=object)
+    prompt[:] = [to_bytes(p) for p in prompts]
+    return {
+        "prompt": prompt,
+        "max_new_tokens": np.full(size, max_new_tokens, np.int32),
+        "temperature": np.full(size, temperature, np.float32),
+    }
+
+
+def _texts(array):
+    return [
+        item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+        for item in np.asarray(array).reshape(-1)
+    ]
+
+
+class BaseClient:
+    """predict/generate/route over `_predict` and `metadata`."""
+
+    model_name = "switch"
+    _metadata_cache = None
+
+    def _signature_info(self, signature_name):
+        if self._metadata_cache is None:
+            self._metadata_cache = self.metadata()
+        return _signature(self._metadata_cache, signature_name)
+
+    def _cast_inputs(self, inputs, signature_name):
+        try:
+            signature = self._signature_info(signature_name)
+        except ServingClientError:
+            signature = None  # Let the predict call report the error.
+        specs = (signature or {}).get("inputs", {})
+        return {
+            name: _cast(value, specs.get(name, {}).get("dtype"))
+            for name, value in inputs.items()
+        }
+
+    def predict(self, inputs, signature_name=DEFAULT_SIGNATURE):
+        """{output name: numpy array} of one signature on `inputs`."""
+        return self._predict(self._cast_inputs(inputs, signature_name), signature_name)
+
+    def generate(self, prompts, max_new_tokens=32, temperature=0.8):
+        """The texts (prompt and continuation) for each prompt."""
+        inputs = _generate_inputs(prompts, max_new_tokens, temperature)
+        return _texts(self.predict(inputs, "generate")["text"])
+
+    def route(self, token_ids):
+        """{"expert": int32 [batch, length, layers], "probability": float32 ...}."""
+        return self.predict({"token_ids": token_ids}, "route")
