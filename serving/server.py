@@ -200,6 +200,9 @@ class ModelServer(http.server.ThreadingHTTPServer):
     """The REST server over a `ServerCore` and a `RequestLimiter`."""
 
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of new connections
+    # from more clients overflows it and some see "connection reset".
+    request_queue_size = 128
 
     def __init__(self, address, core, limiter, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
         super().__init__(address, _Handler)
