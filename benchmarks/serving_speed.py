@@ -49,13 +49,11 @@ def main():
     args = parser.parse_args()
     print("Command:", " ".join(sys.argv))
     path = args.export or tiny_export(tempfile.mkdtemp())
-    base, name = (
-        os.path.dirname(os.path.dirname(path)),
-        os.path.basename(os.path.dirname(path)),
-    )
+    model_dir = os.path.dirname(path)  # TF Serving's --model_base_path
+    name = os.path.basename(model_dir)
     loaded = tf.saved_model.load(path)
     serve = loaded.signatures["serving_default"]
-    server = server_lib.make_server(base, name, port=0, poll_s=0)
+    server = server_lib.make_server(model_dir, name, port=0, poll_s=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
     print(

@@ -1,8 +1,9 @@
 """The model flags both servers take, as `tensorflow_model_server` spells them.
 
-Either `--model_name NAME --model_base_path BASE` (one model, the latest
-version) or `--model_config_file models.config` (a `ModelServerConfig` in text
-format: several models, `model_version_policy`, `version_labels`; relative
+Either `--model_name NAME --model_base_path DIR` (one model, the latest
+version; DIR holds its integer version directories, as for TF Serving) or
+`--model_config_file models.config` (a `ModelServerConfig` in text format:
+several models, `model_version_policy`, `version_labels`; relative
 `base_path`s are taken from the working directory), plus
 `--file_system_poll_wait_seconds`, `--model_config_file_poll_wait_seconds`
 (re-read the config; 0, the default, never), `--enable_model_warmup` and
@@ -146,9 +147,7 @@ def make_core(
             raise ValueError(
                 "Give --model_name and --model_base_path, or --model_config_file."
             )
-        managers = [
-            ModelManager(model_name, os.path.join(base_path, model_name), **options)
-        ]
+        managers = [ModelManager(model_name, os.path.abspath(base_path), **options)]
     return ServerCore(managers, poll_s=poll_s)
 
 

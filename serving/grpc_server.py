@@ -1,6 +1,6 @@
 """A local gRPC server that follows TensorFlow Serving's gRPC API.
 
-`python -m serving.grpc_server --model_base_path BASE --model_name NAME
+`python -m serving.grpc_server --model_base_path DIR --model_name NAME
 [--port 8500]` (or `--model_config_file models.config`, see `serving.flags`)
 serves
 
@@ -24,7 +24,7 @@ range) are INVALID_ARGUMENT. The limits are the REST server's
 deadline, whichever is shorter (DEADLINE_EXCEEDED). Messages are cleaned of
 stacks, node names and paths.
 
-In process (tests): `server, port = make_grpc_server(base, name, port=0)` (the
+In process (tests): `server, port = make_grpc_server(model_dir, name, port=0)` (the
 server is started), then `server.stop(None)`; `server.core.stop()` ends the
 version polling.
 """

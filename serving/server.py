@@ -1,6 +1,6 @@
 """A local HTTP server that follows TensorFlow Serving's REST API.
 
-`python -m serving.server --model_base_path BASE --model_name NAME` serves
+`python -m serving.server --model_base_path DIR --model_name NAME` serves
 `BASE/NAME` (or `--model_config_file models.config`: several models, version
 policies and labels; see `serving.flags`) at
 
@@ -20,7 +20,7 @@ bodies (413), at most 8 requests running (503 "server busy"), a 30 s deadline
 `serving.models` describes; requests in flight keep the version they started
 with.
 
-In process (tests): `server = make_server(base, name, port=0)`, then
+In process (tests): `server = make_server(model_dir, name, port=0)`, then
 `threading.Thread(target=server.serve_forever, daemon=True).start()`,
 `server.server_address`, and `server.shutdown(); server.server_close()`.
 """

@@ -254,7 +254,9 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
         model: a trained `SwitchLanguageModel` (any dtype policy).
         tokenizer: its `tf_switch.text.WordPieceTokenizer` (the vocabulary
             becomes an asset of the export).
-        base_dir: TF Serving's `--model_base_path` parent.
+        base_dir: the parent of the model's directory: the version goes to
+            `base_dir/model_name/<version>`, and `base_dir/model_name` is TF
+            Serving's `--model_base_path`.
         model_name: the served model's name.
         version: an int; default the next free version.
 

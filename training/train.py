@@ -221,8 +221,8 @@ def read_history(path):
 def write_results(model, load_recorder, tokenizer, args):
     """Checkpoint, SavedModel, plots and a text sample, all under --output."""
     model.save(os.path.join(args.output, "model.keras"))
-    # The next version under serving/switch/, ready for TF Serving's
-    # --model_base_path (a rerun of a finished job adds a version).
+    # The next version under serving/switch/ (TF Serving's --model_base_path;
+    # a rerun of a finished job adds a version).
     export_dir = export_for_serving(
         model, tokenizer, os.path.join(args.output, "serving"), model_name="switch"
     )

@@ -10,16 +10,7 @@ import tensorflow_text  # noqa: F401
 
 from serving.status import clean_message
 from tests.serving.rest import NAME, check_error, predict, request
-from tests.serving.rest_server import start_server, stop_server
 from tests.tiny_export import random_token_ids, run_in_process
-
-
-@pytest.fixture(scope="module")
-def server(exported):
-    server = start_server(exported["base"], poll_s=0)
-    yield server
-    stop_server(server)
-
 
 BAD_REQUESTS = [
     ({"instances": [[5, 1.5]]}, "int32"),

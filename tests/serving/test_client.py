@@ -31,7 +31,7 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def rest_url(exported):
-    server = server_lib.make_server(exported["base"], NAME, port=0, poll_s=0)
+    server = server_lib.make_server(exported["model_dir"], NAME, port=0, poll_s=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     host, port = server.server_address[:2]
@@ -42,7 +42,7 @@ def rest_url(exported):
 
 @pytest.fixture(scope="module")
 def grpc_target(exported):
-    server, port = make_grpc_server(exported["base"], NAME, port=0, poll_s=0)
+    server, port = make_grpc_server(exported["model_dir"], NAME, port=0, poll_s=0)
     yield f"127.0.0.1:{port}"
     server.stop(None).wait(5)
     server.core.stop()

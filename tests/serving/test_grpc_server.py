@@ -37,7 +37,7 @@ class _Grpc:
 
 @pytest.fixture(scope="module")
 def served(exported):
-    served = _Grpc(exported["base"], max_concurrent=2)
+    served = _Grpc(exported["model_dir"], max_concurrent=2)
     yield served
     served.close()
 
@@ -71,7 +71,7 @@ def _healthy(served):
 def test_saturated_server_is_unavailable_like_rest(served, exported):
     # The REST server's limit and answer: UNAVAILABLE (503), "server busy".
     rest = server_lib.make_server(
-        exported["base"], NAME, port=0, poll_s=0, max_concurrent=2
+        exported["model_dir"], NAME, port=0, poll_s=0, max_concurrent=2
     )
     threading.Thread(target=rest.serve_forever, daemon=True).start()
     limiters = [served.server.limiter, rest.limiter]
@@ -94,7 +94,7 @@ def test_saturated_server_is_unavailable_like_rest(served, exported):
 
 
 def test_past_the_deadline_is_deadline_exceeded(exported):
-    slow = _Grpc(exported["base"], request_timeout_s=1e-4)
+    slow = _Grpc(exported["model_dir"], request_timeout_s=1e-4)
     try:
         request = _request(
             "generate",

@@ -23,13 +23,6 @@ from tests.tiny_export import (
 from tf_switch.export import export_for_serving
 
 
-@pytest.fixture(scope="module")
-def server(exported):
-    server = start_server(exported["base"], poll_s=0)
-    yield server
-    stop_server(server)
-
-
 def _wait_for_version(server, version, seconds):
     """Polls the model status until `version` is the one AVAILABLE version
     (the old one unloaded); returns the last AVAILABLE one seen."""
@@ -154,7 +147,7 @@ def test_saturated_server_is_503(server, exported):
 
 
 def test_deadline_is_504(exported):
-    server = start_server(exported["base"], poll_s=0, request_timeout_s=1e-4)
+    server = start_server(exported["model_dir"], poll_s=0, request_timeout_s=1e-4)
     try:
         body = {
             "signature_name": "generate",
@@ -174,7 +167,7 @@ def test_ignores_temporary_dirs_and_swaps_in_new_versions(exported, tmp_path):
     shutil.copytree(exported["path"], model_dir / "1")
     (model_dir / ".2-tmpxyz").mkdir()
     (model_dir / "notes").mkdir()
-    server = start_server(str(tmp_path), poll_s=0.2)
+    server = start_server(tmp_path / NAME, poll_s=0.2)
     try:
         assert (
             request(server, "GET", f"/v1/models/{NAME}")[1]["model_version_status"][0][
@@ -208,7 +201,7 @@ def test_version_swap_under_load_fails_no_request(exported, tmp_path):
     # until version 2 has been exported and swapped in; version 2 holds the
     # same weights, so every answer must equal the in-process one.
     shutil.copytree(exported["path"], tmp_path / NAME / "1")
-    server = start_server(str(tmp_path), poll_s=0.2, max_concurrent=16)
+    server = start_server(tmp_path / NAME, poll_s=0.2, max_concurrent=16)
     ids = [random_token_ids(1, 6, seed=s) for s in range(16)]
     expected = [
         run_in_process(exported["loaded"], "serving_default", token_ids=x) for x in ids

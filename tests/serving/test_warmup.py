@@ -128,7 +128,7 @@ def test_warmup_runs_before_the_version_is_available(exported, tmp_path, monkeyp
 def test_a_failing_record_fails_the_load_and_the_old_version_serves(exported, tmp_path):
     model_dir = tmp_path / NAME
     shutil.copytree(exported["path"], model_dir / "1")
-    server, port = make_grpc_server(str(tmp_path), NAME, port=0, poll_s=0)
+    server, port = make_grpc_server(str(tmp_path / NAME), NAME, port=0, poll_s=0)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     try:
