@@ -6,10 +6,12 @@ from serving import server as server_lib
 from tests.serving.rest import NAME
 
 
-def start_server(model_dir, **kwargs):
-    """Serves `model_dir` (its version directories) as model `switch` from a
-    daemon thread; `stop_server` ends it."""
-    server = server_lib.make_server(str(model_dir), NAME, port=0, **kwargs)
+def start_server(model_dir=None, **kwargs):
+    """Serves `model_dir` (its version directories) as model `switch`, or the
+    `core=` given, from a daemon thread; `stop_server` ends it."""
+    if model_dir is not None:
+        kwargs.update(base_path=str(model_dir), model_name=NAME)
+    server = server_lib.make_server(port=0, **kwargs)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server

@@ -3,7 +3,6 @@
 import contextlib
 import io
 import json
-import threading
 
 import grpc
 import numpy as np
@@ -17,27 +16,21 @@ from tensorflow_serving.apis import (
 )
 
 from serving import client as client_lib
-from serving import server as server_lib
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_server import make_grpc_server
+from tests.serving.rest import NAME
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
 )
 
-NAME = "switch"
 TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def rest_url(exported):
-    server = server_lib.make_server(exported["model_dir"], NAME, port=0, poll_s=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def rest_url(server):
     host, port = server.server_address[:2]
-    yield f"http://{host}:{port}"
-    server.shutdown()
-    server.server_close()
+    return f"http://{host}:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ and gRPC on 127.0.0.1. Versions 1 and 2 are different models, so an answer
 shows which version gave it."""
 
 import shutil
-import threading
 
 import grpc
 import numpy as np
@@ -23,6 +22,7 @@ from serving.grpc_server import make_grpc_server
 from serving.models import VersionPolicy
 from serving.status import ServingError
 from tests.serving.rest import NAME, available, check_error, predict, request
+from tests.serving.rest_server import start_server, stop_server
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
@@ -64,17 +64,6 @@ def _config(tmp_path, model_dir, policy="", labels=None):
     return str(path)
 
 
-def _serve(core):
-    server = server_lib.make_server(core=core, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def _stop(server):
-    server.shutdown()
-    server.server_close()
-
-
 def _logits(loaded, ids):
     return run_in_process(loaded, "serving_default", token_ids=ids)["logits"]
 
@@ -100,7 +89,7 @@ def labelled(versions, tmp_path_factory):
         {"stable": 1, "canary": 2},
     )
     core = flags.make_core(model_config_file=config, poll_s=0)
-    rest = _serve(core)
+    rest = start_server(core=core)
     grpc_server, port = make_grpc_server(core=core, port=0)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield {
@@ -113,7 +102,7 @@ def labelled(versions, tmp_path_factory):
     channel.close()
     grpc_server.stop(None).wait(5)
     grpc_server.limiter.shutdown()
-    _stop(rest)
+    stop_server(rest)
 
 
 def test_specific_policy_keeps_both_versions_available(labelled):
@@ -266,14 +255,14 @@ def test_a_label_must_point_at_an_available_version(versions, tmp_path):
     core = flags.make_core(
         model_config_file=config, poll_s=0, allow_labels_for_unavailable=True
     )
-    server = _serve(core)
+    server = start_server(core=core)
     try:
         path = f"/v1/models/{NAME}/labels/canary:predict"
         status, body = predict(server, {"instances": [[5, 6]]}, path)
         assert status == 404
         assert body == {"error": f"Servable not found for request: Specific({NAME}, 2)"}
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 def test_latest_policy_swaps_and_keeps_serving_through_a_bad_version(
@@ -284,7 +273,7 @@ def test_latest_policy_swaps_and_keeps_serving_through_a_bad_version(
         tmp_path, model_dir, "model_version_policy { latest { num_versions: 1 } }"
     )
     core = flags.make_core(model_config_file=config, poll_s=0)
-    server = _serve(core)
+    server = start_server(core=core)
     try:
         assert available(server) == ["1"]
         shutil.copytree(versions["source"] / "2", model_dir / "2")
@@ -310,7 +299,7 @@ def test_latest_policy_swaps_and_keeps_serving_through_a_bad_version(
         assert core.models[NAME].reload()
         assert available(server) == ["3"]
     finally:
-        _stop(server)
+        stop_server(server)
 
 
 def test_config_reload_moves_a_label_in_two_edits(versions, tmp_path):
