@@ -7,17 +7,16 @@ import json
 import grpc
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_text  # noqa: F401
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
 from serving import client as client_lib
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_server import make_grpc_server
+from tests.serving.grpc_requests import predict_request
 from tests.serving.rest import NAME
 from tests.tiny_export import (
     random_token_ids,
@@ -126,15 +125,6 @@ def test_grpc_output_filter(clients, exported):
     assert info.value.status == "INVALID_ARGUMENT"
 
 
-def _request(signature="serving_default", model=NAME, **inputs):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-    return request
-
-
 def _code(stub, request):
     with pytest.raises(grpc.RpcError) as info:
         stub.Predict(request, timeout=TIMEOUT)
@@ -143,19 +133,19 @@ def _code(stub, request):
 
 def test_grpc_errors(stub, exported):
     ids = random_token_ids(1, 4)
-    code, message = _code(stub, _request(model="nope", token_ids=ids))
+    code, message = _code(stub, predict_request(model="nope", token_ids=ids))
     assert code == grpc.StatusCode.NOT_FOUND and "nope" in message
     bad = ids.copy()
     bad[0, 1] = exported["vocab_size"] + 7
-    code, message = _code(stub, _request(token_ids=bad))
+    code, message = _code(stub, predict_request(token_ids=bad))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "Traceback" not in message and ".py" not in message and "node" not in message
     # TF Serving's predict_util.cc: an unknown signature is FAILED_PRECONDITION.
-    code, message = _code(stub, _request(signature="nope", token_ids=ids))
+    code, message = _code(stub, predict_request(signature="nope", token_ids=ids))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "nope" in message
-    code, message = _code(stub, _request(tokens=ids))
+    code, message = _code(stub, predict_request(tokens=ids))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "token_ids" in message
-    code, message = _code(stub, _request(token_ids=ids.astype(np.int64)))
+    code, message = _code(stub, predict_request(token_ids=ids.astype(np.int64)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "int32" in message
     # The metadata RPC: a packed SignatureDefMap; other fields are refused.
     request = get_model_metadata_pb2.GetModelMetadataRequest()

@@ -5,16 +5,15 @@ import threading
 import grpc
 import numpy as np
 import pytest
-import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
 from serving import server as server_lib
 from serving.grpc_server import make_grpc_server
+from tests.serving.grpc_requests import predict_request
 from tests.serving.rest import NAME, predict
 from tests.tiny_export import random_token_ids
 
@@ -42,15 +41,6 @@ def served(exported):
     served.close()
 
 
-def _request(signature="serving_default", **inputs):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = NAME
-    request.model_spec.signature_name = signature
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-    return request
-
-
 def _error(call, request):
     with pytest.raises(grpc.RpcError) as info:
         call(request, timeout=TIMEOUT)
@@ -59,7 +49,7 @@ def _error(call, request):
 
 def _healthy(served):
     response = served.predict.Predict(
-        _request(token_ids=random_token_ids(1, 4)), timeout=TIMEOUT
+        predict_request(token_ids=random_token_ids(1, 4)), timeout=TIMEOUT
     )
     assert response.model_spec.version.value == 1
     status = get_model_status_pb2.GetModelStatusRequest()
@@ -78,7 +68,7 @@ def test_saturated_server_is_unavailable_like_rest(served, exported):
     held = [lim.slots.acquire(blocking=False) for lim in limiters for _ in range(2)]
     try:
         assert all(held)
-        request = _request(token_ids=random_token_ids(1, 4))
+        request = predict_request(token_ids=random_token_ids(1, 4))
         code, message = _error(served.predict.Predict, request)
         assert code == grpc.StatusCode.UNAVAILABLE
         status, body = predict(rest, {"instances": random_token_ids(1, 4).tolist()})
@@ -96,7 +86,7 @@ def test_saturated_server_is_unavailable_like_rest(served, exported):
 def test_past_the_deadline_is_deadline_exceeded(exported):
     slow = _Grpc(exported["model_dir"], request_timeout_s=1e-4)
     try:
-        request = _request(
+        request = predict_request(
             "generate",
             prompt=np.array([b"The king"], object),
             max_new_tokens=np.array([8], np.int32),
@@ -116,7 +106,7 @@ def test_past_the_deadline_is_deadline_exceeded(exported):
 def test_a_client_deadline_leaves_the_server_healthy(served):
     # The server runs within the client's deadline when it is the shorter
     # (serving.limits; see test_limits.py for the timing itself).
-    request = _request(
+    request = predict_request(
         "generate",
         prompt=np.array([b"The king"] * 4, object),
         max_new_tokens=np.array([12] * 4, np.int32),
@@ -131,20 +121,30 @@ def test_a_client_deadline_leaves_the_server_healthy(served):
 def test_invalid_argument_and_not_found(served, exported):
     ids = random_token_ids(1, 4)
     cases = [
-        (_request(token_ids=ids.astype(np.float32)), "INVALID_ARGUMENT", "int32"),
-        (_request(tokens=ids), "INVALID_ARGUMENT", "token_ids"),
-        (_request(token_ids=np.array([[5, -1]], np.int32)), "INVALID_ARGUMENT", ""),
         (
-            _request(token_ids=np.array([[5, exported["vocab_size"]]], np.int32)),
+            predict_request(token_ids=ids.astype(np.float32)),
+            "INVALID_ARGUMENT",
+            "int32",
+        ),
+        (predict_request(tokens=ids), "INVALID_ARGUMENT", "token_ids"),
+        (
+            predict_request(token_ids=np.array([[5, -1]], np.int32)),
             "INVALID_ARGUMENT",
             "",
         ),
-        (_request("nope", token_ids=ids), "FAILED_PRECONDITION", "nope"),
+        (
+            predict_request(
+                token_ids=np.array([[5, exported["vocab_size"]]], np.int32)
+            ),
+            "INVALID_ARGUMENT",
+            "",
+        ),
+        (predict_request("nope", token_ids=ids), "FAILED_PRECONDITION", "nope"),
     ]
-    malformed = _request(token_ids=ids)
+    malformed = predict_request(token_ids=ids)
     malformed.inputs["token_ids"].tensor_content = b"\x01\x02\x03"
     cases.append((malformed, "INVALID_ARGUMENT", "malformed TensorProto"))
-    version = _request(token_ids=ids)
+    version = predict_request(token_ids=ids)
     version.model_spec.version.value = 3
     cases.append((version, "NOT_FOUND", f"Specific({NAME}, 3)"))
     for request, code, text in cases:
