@@ -81,19 +81,13 @@ def _step_end_times(model, dataset, steps):
 
 def measure(num_devices, steps):
     """One D: bytes per device and median step time for both kinds of model."""
+    import numpy as np
     import tensorflow as tf
 
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices
-    )
-    import numpy as np
-
+    from tf_switch.distribute import split_cpu
     from tf_switch.distribute.expert_parallel import per_device_bytes
 
-    strategy = tf.distribute.MirroredStrategy(
-        [f"/cpu:{index}" for index in range(num_devices)]
-    )
+    strategy = tf.distribute.MirroredStrategy(split_cpu(num_devices))
     batch = SEQUENCES_PER_REPLICA * num_devices
     rng = np.random.default_rng(0)
     inputs = rng.normal(size=(batch, SEQUENCE_LENGTH, HIDDEN_DIM)).astype(np.float32)

@@ -14,6 +14,7 @@ import logging
 import os
 
 from serving import configs
+from serving.limits import DEFAULT_MAX_CONCURRENT, DEFAULT_REQUEST_TIMEOUT_S
 from serving.models import DEFAULT_POLL_S, ModelManager, ServerCore, VersionPolicy
 from serving.status import ServingError
 
@@ -28,9 +29,22 @@ def _bool(text):
     raise ValueError(f"Expected true or false, got {text!r}.")
 
 
+def add_endpoint_flags(parser, port):
+    """Where a server listens and how much it takes on (REST and gRPC)."""
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--max_concurrent", type=int, default=DEFAULT_MAX_CONCURRENT)
+    parser.add_argument(
+        "--request_timeout_s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S
+    )
+
+
 def add_model_flags(parser):
     parser.add_argument("--model_name", help="the model's name (without a config)")
-    parser.add_argument("--model_base_path", help="its base path (without a config)")
+    parser.add_argument(
+        "--model_base_path",
+        help="its directory of version directories (without a config)",
+    )
     parser.add_argument(
         "--model_config_file", help="a models.config (ModelServerConfig text)"
     )

@@ -258,13 +258,8 @@ def make_server(
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m serving.server")
     flags.add_model_flags(parser)
-    parser.add_argument("--port", type=int, default=8501)
-    parser.add_argument("--host", default="127.0.0.1")
+    flags.add_endpoint_flags(parser, port=8501)
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
-    parser.add_argument("--max_concurrent", type=int, default=DEFAULT_MAX_CONCURRENT)
-    parser.add_argument(
-        "--request_timeout_s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     core = flags.core_from_args(args, parser)

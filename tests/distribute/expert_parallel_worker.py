@@ -29,25 +29,16 @@ from tests.distribute.expert_parallel_checks import (  # noqa: E402
     check_serving_copy,
 )
 from tests.distribute.expert_parallel_fit import check_fit  # noqa: E402
+from tf_switch.distribute import split_cpu  # noqa: E402
 
 # A collective that waits longer than this fails the check (the default is
 # for real training steps; a test's steps take well under a second).
 TIMEOUT_SECONDS = 30
 
 
-def split_cpu(num_devices):
-    """D logical CPUs and a MirroredStrategy over them."""
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices
-    )
-    devices = [f"/cpu:{index}" for index in range(num_devices)]
-    return tf.distribute.MirroredStrategy(devices)
-
-
 def main(argv):
     checks, num_devices = argv[1].split(","), int(argv[2])
-    strategy = split_cpu(num_devices)
+    strategy = tf.distribute.MirroredStrategy(split_cpu(num_devices))
     import tf_switch.distribute.expert_parallel as expert_parallel
 
     expert_parallel.DEFAULT_TIMEOUT_SECONDS = TIMEOUT_SECONDS
