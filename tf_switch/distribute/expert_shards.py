@@ -30,6 +30,8 @@ import numpy as np
 import tensorflow as tf
 from keras.src.backend.tensorflow.optimizer import TFOptimizer
 
+from tf_switch.distribute.keras_versions import keras_in
+
 SHARD_ATTRIBUTE = "_tf_switch_expert_shard"
 
 # Keras versions whose `TFOptimizer` the hooks fit: checked on 3.15.1; the
@@ -238,10 +240,6 @@ HOOKS = {
 }
 
 
-def _keras_version():
-    return tuple(int(part) for part in keras.version().split(".")[:2])
-
-
 def install_optimizer_hooks():
     """Teaches Keras' TensorFlow optimizer about expert shards; idempotent.
 
@@ -251,10 +249,10 @@ def install_optimizer_hooks():
     """
     if getattr(TFOptimizer, "_tf_switch_expert_shard_hooks", False):
         return
-    low, high = CHECKED_KERAS
-    if not low <= _keras_version() < high or not all(
+    if not keras_in(CHECKED_KERAS) or not all(
         hasattr(TFOptimizer, name) for name in HOOKS
     ):
+        low, high = CHECKED_KERAS
         raise NotImplementedError(
             "expert_parallel=True hooks into the TensorFlow optimizer of Keras "
             f"{low} to {high} (exclusive); this is Keras {keras.version()}. "

@@ -28,6 +28,8 @@ import tensorflow as tf
 from keras.src import tree
 from keras.src.backend.tensorflow import trainer as tf_trainer
 
+from tf_switch.distribute.keras_versions import keras_in
+
 logger = logging.getLogger(__name__)
 
 # Keras versions with the bug: every 3.x release so far. Narrow the range when
@@ -35,14 +37,9 @@ logger = logging.getLogger(__name__)
 AFFECTED_KERAS = ((3, 0), (4, 0))
 
 
-def _keras_version():
-    return tuple(int(part) for part in keras.version().split(".")[:2])
-
-
 def needs_fix():
     """Whether the installed Keras has the multi-worker `fit` bug."""
-    low, high = AFFECTED_KERAS
-    return low <= _keras_version() < high
+    return keras_in(AFFECTED_KERAS)
 
 
 def _is_multi_worker(strategy):
