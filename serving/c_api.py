@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from serving.status import ServingError, code_name
+from .status import ServingError, code_name
 
 # True in serving.fidelity's child processes, which never import TF's Python code.
 IN_CHILD = False
@@ -341,7 +341,7 @@ def child_command(*args):
         [root] + [p for p in [env.get("PYTHONPATH")] if p]
     )
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    command = [sys.executable, "-m", "serving.fidelity", *args]
+    command = [sys.executable, "-m", f"{__package__}.fidelity", *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(

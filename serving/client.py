@@ -26,9 +26,9 @@ import argparse
 import json
 import sys
 
-from serving.client_base import ServingClientError
-from serving.grpc_client import GrpcClient
-from serving.rest_client import RestClient, json_value
+from .client_base import ServingClientError
+from .grpc_client import GrpcClient
+from .rest_client import RestClient, json_value
 
 __all__ = ["GrpcClient", "RestClient", "ServingClientError", "main"]
 

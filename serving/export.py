@@ -15,9 +15,10 @@ import sys
 import keras
 
 import tf_switch  # noqa: F401  (registers the classes in the .keras file)
-from serving import fidelity
 from tf_switch import text
 from tf_switch.export import export_for_serving
+
+from . import fidelity
 
 
 def parse_args(argv=None):

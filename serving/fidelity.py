@@ -31,13 +31,13 @@ import tempfile
 
 import numpy as np
 
-from serving import c_api
-from serving.c_api import (  # noqa: F401  (public API)
+from . import c_api
+from .c_api import (  # noqa: F401  (public API)
     CApiSavedModel,
     tensorflow_c_library,
     tensorflow_text_op_libraries,
 )
-from serving.lint import (  # noqa: F401  (public API)
+from .lint import (  # noqa: F401  (public API)
     check,
     child_op_registry,
     disallowed_ops,
@@ -45,7 +45,7 @@ from serving.lint import (  # noqa: F401  (public API)
     serving_op_registry,
     signature_lint,
 )
-from serving.saved_model import (  # noqa: F401  (public API)
+from .saved_model import (  # noqa: F401  (public API)
     DEFAULT_SIGNATURE,
     INIT_OP_SIGNATURE,
     PREDICT_METHOD_NAME,
@@ -53,7 +53,7 @@ from serving.saved_model import (  # noqa: F401  (public API)
     prepare_request,
     read_meta_graph,
 )
-from serving.status import (  # noqa: F401  (public API)
+from .status import (  # noqa: F401  (public API)
     STATUS_CODE_NAMES,
     ServingError,
     code_name,

@@ -13,10 +13,10 @@ several models, `model_version_policy`, `version_labels`; relative
 import logging
 import os
 
-from serving import configs
-from serving.limits import DEFAULT_MAX_CONCURRENT, DEFAULT_REQUEST_TIMEOUT_S
-from serving.models import DEFAULT_POLL_S, ModelManager, ServerCore, VersionPolicy
-from serving.status import ServingError
+from . import configs
+from .limits import DEFAULT_MAX_CONCURRENT, DEFAULT_REQUEST_TIMEOUT_S
+from .models import DEFAULT_POLL_S, ModelManager, ServerCore, VersionPolicy
+from .status import ServingError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ grpc, TensorFlow and the TF Serving protos are imported on first use, so
 `import serving.client` stays light for REST-only callers.
 """
 
-from serving.client_base import DEFAULT_SIGNATURE, BaseClient, ServingClientError
+from .client_base import DEFAULT_SIGNATURE, BaseClient, ServingClientError
 
 
 class GrpcClient(BaseClient):

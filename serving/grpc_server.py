@@ -35,14 +35,14 @@ import logging
 
 import grpc
 
-from serving import flags, predict
-from serving.limits import (
+from . import flags, predict
+from .limits import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_REQUEST_TIMEOUT_S,
     RequestLimiter,
 )
-from serving.models import DEFAULT_POLL_S
-from serving.status import ServingError, invalid, public_message
+from .models import DEFAULT_POLL_S
+from .status import ServingError, invalid, public_message
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 
-from serving.saved_model import DEFAULT_SIGNATURE
-from serving.status import ServingError, invalid
+from .saved_model import DEFAULT_SIGNATURE
+from .status import ServingError, invalid
 
 # TensorShape's maximum rank; deeper JSON lists cannot be a tensor.
 MAX_DEPTH = 254

@@ -13,7 +13,7 @@ ends, so a stuck model cannot take more than `max_concurrent` threads.
 import concurrent.futures
 import threading
 
-from serving.status import ServingError
+from .status import ServingError
 
 DEFAULT_MAX_CONCURRENT = 8
 DEFAULT_REQUEST_TIMEOUT_S = 30.0

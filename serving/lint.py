@@ -15,14 +15,14 @@ import json
 import os
 import tempfile
 
-from serving import c_api
-from serving.saved_model import (
+from . import c_api
+from .saved_model import (
     DEFAULT_SIGNATURE,
     INIT_OP_SIGNATURE,
     PREDICT_METHOD_NAME,
     read_meta_graph,
 )
-from serving.status import ServingError
+from .status import ServingError
 
 # DataTypes that TF Serving's REST codec (util/json_tensor.cc) reads and writes.
 _JSON_DTYPE_NAMES = frozenset(

@@ -30,9 +30,9 @@ import logging
 import os
 import threading
 
-from serving import warmup
-from serving.servable import LoadedVersion
-from serving.status import ServingError, clean_message
+from . import warmup
+from .servable import LoadedVersion
+from .status import ServingError, clean_message
 
 logger = logging.getLogger(__name__)
 

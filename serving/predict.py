@@ -10,8 +10,8 @@ INVALID_ARGUMENT; what the graph rejects keeps the graph's code.
 
 import numpy as np
 
-from serving.saved_model import DEFAULT_SIGNATURE
-from serving.status import ServingError, invalid
+from .saved_model import DEFAULT_SIGNATURE
+from .status import ServingError, invalid
 
 
 def _to_array(name, proto, expected_dtype):

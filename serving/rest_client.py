@@ -11,7 +11,7 @@ import urllib.request
 
 import numpy as np
 
-from serving.client_base import NUMPY_DTYPES, BaseClient, ServingClientError, to_bytes
+from .client_base import NUMPY_DTYPES, BaseClient, ServingClientError, to_bytes
 
 
 def json_value(array):

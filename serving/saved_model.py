@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from serving.status import ServingError
+from .status import ServingError
 
 SERVE_TAG = "serve"
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"

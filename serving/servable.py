@@ -9,8 +9,8 @@ cleaned of stacks, node names and paths.
 
 import numpy as np
 
-from serving.saved_model import serving_signatures
-from serving.status import ServingError, from_op_error
+from .saved_model import serving_signatures
+from .status import ServingError, from_op_error
 
 
 class LoadedVersion:

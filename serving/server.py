@@ -32,20 +32,20 @@ import logging
 import re
 import urllib.parse
 
-from serving import flags
-from serving.json_codec import (
+from . import flags
+from .json_codec import (
     format_outputs,
     metadata_json,
     parse_predict,
     status_json,
 )
-from serving.limits import (
+from .limits import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_REQUEST_TIMEOUT_S,
     RequestLimiter,
 )
-from serving.models import DEFAULT_POLL_S
-from serving.status import HTTP_STATUS, ServingError, invalid, public_message
+from .models import DEFAULT_POLL_S
+from .status import HTTP_STATUS, ServingError, invalid, public_message
 
 logger = logging.getLogger(__name__)
 

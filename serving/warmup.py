@@ -19,8 +19,8 @@ As TF Serving's `saved_model_warmup_util.cc` / `saved_model_warmup.cc`:
 
 import os
 
-from serving import predict
-from serving.status import ServingError, from_op_error
+from . import predict
+from .status import ServingError, from_op_error
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_NUM_RECORDS = 1000

@@ -48,10 +48,17 @@ import weakref
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_text as tf_text
-from tensorflow_text.tools.wordpiece_vocab import (
-    wordpiece_tokenizer_learner_lib as wordpiece_learner,
-)
+
+try:
+    import tensorflow_text as tf_text
+    from tensorflow_text.tools.wordpiece_vocab import (
+        wordpiece_tokenizer_learner_lib as wordpiece_learner,
+    )
+except ImportError as error:  # the layers install without it
+    raise ImportError(
+        "tf_switch.text (tokenizer, export) needs tensorflow-text: "
+        "pip install 'tf-switch[text]'"
+    ) from error
 
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]", "[NL]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, NL_ID = range(len(RESERVED_TOKENS))

@@ -36,15 +36,16 @@ from tf_switch.export import export_for_serving, serving_model
 from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchLanguageModel, get_preset, model_report
 from tf_switch.schedules import WarmupSchedule
-from training import corpus as corpus_lib
-from training import plots
-from training.callbacks import (
+
+from . import corpus as corpus_lib
+from . import plots
+from .callbacks import (
     EpochSetter,
     ExpertLoadRecorder,
     ResumableBackupAndRestore,
 )
-from training.data import EpochOrderedWindows
-from training.generate import generate_ids
+from .data import EpochOrderedWindows
+from .generate import generate_ids
 
 logger = logging.getLogger("training")
 
