@@ -38,7 +38,7 @@ TRAIN_TINY = {
     "VOCAB_SIZE": 120,
     "PROMPT": "KING:",
     "GENERATE_TOKENS": 8,
-    "EXTRA_FLAGS": ["--warmup-steps", "2", "--sample-tokens", "8"],
+    "EXTRA_SETTINGS": {"warmup_steps": 2, "sample_tokens": 8},
 }
 SERVE_TINY = {
     "PROMPT": "KING:",
@@ -123,14 +123,14 @@ def test_committed_notebook_is_clean_and_parametrized(name):
             assert before.cell_type == "markdown", cell.source[:200]
 
 
-def test_serve_notebook_fallback_training_flags_are_valid(tmp_path):
+def test_serve_notebook_fallback_training_settings_are_valid(tmp_path):
     # CI serves train_on_tpu's export; in a fresh Colab runtime the notebook
-    # trains first with TRAIN_FLAGS, so they must stay valid job flags.
-    from training.train import parse_args
+    # trains first with TRAIN_SETTINGS, so they must stay valid settings.
+    from training.config import TrainConfig
 
     parameters = _assigned(_parameters_cell(_read("serve_and_query")).source)
-    args = parse_args([*parameters["TRAIN_FLAGS"], "--output", str(tmp_path)])
-    assert args.epochs >= 1 and args.steps_per_epoch >= 1
+    config = TrainConfig(**parameters["TRAIN_SETTINGS"], output=str(tmp_path))
+    assert config.epochs >= 1 and config.steps_per_epoch >= 1
 
 
 def test_colab_readme_links_every_notebook():

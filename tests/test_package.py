@@ -1,6 +1,8 @@
 """A saved model loads in a fresh process that imports only tf_switch."""
 
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -34,13 +36,18 @@ def test_keras_file_loads_after_importing_only_tf_switch(tmp_path):
 
 
 def _built_wheel(tmp_path):
-    """The wheel `pip install tf-switch` would install, built from this tree."""
-    import pathlib
-
+    """The wheel `pip install tf-switch` would install, built from a copy of
+    this tree (setuptools writes build/ next to setup.py)."""
     root = pathlib.Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.ipynb")
+    for folder in ("tf_switch", "training", "serving"):
+        shutil.copytree(root / folder, source / folder, ignore=ignore)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        + ["--quiet", "-w", str(tmp_path), str(root)],
+        + ["--quiet", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=300,

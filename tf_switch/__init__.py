@@ -10,18 +10,21 @@ from tf_switch.initializers import SwitchInitializer
 from tf_switch.layers import ExpertFFN, SwitchBlock, SwitchFFN, SwitchRouter
 from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchEncoder, SwitchLanguageModel
+from tf_switch.options import RouterOptions, SwitchOptions
 from tf_switch.schedules import WarmupSchedule
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ExpertFFN",
     "Perplexity",
+    "RouterOptions",
     "SwitchBlock",
     "SwitchEncoder",
     "SwitchFFN",
     "SwitchInitializer",
     "SwitchLanguageModel",
+    "SwitchOptions",
     "SwitchRouter",
     "WarmupSchedule",
 ]

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tf_switch import text
 from tf_switch.distribute import logical_weights
+from tf_switch.keras_internals import flatten_layers
 from tf_switch.layers import SwitchRouter
 from tf_switch.models import SwitchLanguageModel
 
@@ -52,20 +53,18 @@ def serving_model(model):
     value (`logical_weights`: an expert-parallel model's experts gathered to
     full `[N, ...]`), and dropout is inactive at inference anyway.
     """
-    options = {
-        k: v
-        for k, v in model.config.switch_options.items()
-        if k not in ("group_size", "expert_parallel")
-    }
+    config = model.config.replace(
+        switch_options=model.config.switch_options.for_serving()
+    )
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         with tf.device("/cpu:0"):
-            copy = SwitchLanguageModel(model.config.replace(switch_options=options))
+            copy = SwitchLanguageModel(config)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(logical_weights(model))
-    for layer in copy._flatten_layers():
+    for layer in flatten_layers(copy):
         if isinstance(layer, SwitchRouter):
             layer.update_metrics = False  # a request must not write state
     return copy

@@ -8,6 +8,8 @@ import re
 import keras
 import numpy as np
 
+from tf_switch.keras_internals import BackupAndRestoreHooks, seed_generators
+
 _EXPERT_KEY = re.compile(r"^(?P<layer>.+)/expert_(?P<expert>\d+)_fraction$")
 
 
@@ -27,12 +29,7 @@ class CorruptCheckpointError(RuntimeError):
     """A backup exists but cannot be read; training must not silently restart."""
 
 
-def _seed_generators(model):
-    for layer in model._flatten_layers(include_self=True):
-        yield from getattr(layer, "_seed_generators", [])
-
-
-class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
+class ResumableBackupAndRestore(BackupAndRestoreHooks):
     """`BackupAndRestore` that also restores every layer's random state.
 
     Keras 3 saves weights and optimizer state but not the `SeedGenerator`
@@ -52,27 +49,23 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, **kwargs)
         self.write = write
 
-    def _save_model(self):
+    def save_backup(self):
         if not self.write:
             return
-        super()._save_model()
-        states = [sg.state.numpy().tolist() for sg in _seed_generators(self.model)]
-        metadata = {
-            "epoch": self._current_epoch,
-            "batch": self._last_batch_seen,
-            "seed_generator_states": states,
-        }
-        temporary = self._training_metadata_path + ".tmp"
+        super().save_backup()
+        states = [sg.state.numpy().tolist() for sg in seed_generators(self.model)]
+        metadata = {**self.backup_position, "seed_generator_states": states}
+        temporary = self.metadata_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump(metadata, f)
-        os.replace(temporary, self._training_metadata_path)
+        os.replace(temporary, self.metadata_path)
 
-    def _load_model(self):
+    def load_backup(self):
         try:
-            super()._load_model()
-            if not os.path.exists(self._training_metadata_path):
+            super().load_backup()
+            if not os.path.exists(self.metadata_path):
                 return
-            with open(self._training_metadata_path) as f:
+            with open(self.metadata_path) as f:
                 states = json.load(f).get("seed_generator_states")
         except Exception as error:
             raise CorruptCheckpointError(
@@ -80,7 +73,7 @@ class ResumableBackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"({type(error).__name__}: {error}). Refusing to restart from "
                 "scratch: fix or delete that directory to start over."
             ) from error
-        generators = list(_seed_generators(self.model))
+        generators = seed_generators(self.model)
         if states is not None and len(states) != len(generators):
             raise CorruptCheckpointError(
                 f"The backup in {self.backup_dir} holds {len(states)} random "

@@ -14,9 +14,7 @@ to resume), `tensorboard/`, `vocab.txt`, `model.keras`,
 `expert_load.json`, `loss.png`, `expert_load.png` and `sample.txt`.
 """
 
-import argparse
 import csv
-import json
 import logging
 import os
 import sys
@@ -26,7 +24,6 @@ import tensorflow as tf
 
 from tf_switch import text
 from tf_switch.distribute import (
-    STRATEGIES,
     StrategyUnavailableError,
     is_chief,
     resolve_strategy,
@@ -44,121 +41,43 @@ from .callbacks import (
     ExpertLoadRecorder,
     ResumableBackupAndRestore,
 )
+from .config import TrainConfig, parse_args
 from .data import EpochOrderedWindows
 from .generate import generate_ids
+from .progress import ConciseProgbar
 
 logger = logging.getLogger("training")
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Train a Switch language model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", help="JSON file of flag values (flags override)")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--experts", type=int, help="experts per Switch FFN; 0: dense")
-    parser.add_argument("--capacity-factor", type=float, default=1.25)
-    parser.add_argument("--eval-capacity-factor", type=float, default=2.0)
-    parser.add_argument("--group-size", type=int, help="tokens per routing group")
-    parser.add_argument(
-        "--expert-parallel",
-        action="store_true",
-        help="shard each Switch layer's experts over the replicas (N/D each, "
-        "all-to-all token exchange); --experts and --batch-size must be "
-        "divisible by the number of replicas",
-    )
-    parser.add_argument(
-        "--dispatch",
-        choices=("gather", "einsum"),
-        help="token dispatch (default: the preset's); einsum suits TPUs",
-    )
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch")
-    parser.add_argument("--validation-steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--sequence-length", type=int)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument(
-        "--schedule", choices=("inverse_sqrt", "cosine"), default="cosine"
-    )
-    parser.add_argument(
-        "--precision", choices=("float32", "mixed_bfloat16"), default="float32"
-    )
-    parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
-    parser.add_argument(
-        "--cpu-devices",
-        type=int,
-        help="split the CPU into this many logical devices (for --strategy "
-        "mirrored without GPUs)",
-    )
-    parser.add_argument(
-        "--steps-per-execution",
-        type=int,
-        default=1,
-        help="training steps per tf.function call (TPUs: e.g. 50)",
-    )
-    parser.add_argument(
-        "--jit-compile", action="store_true", help="compile the step with XLA"
-    )
-    parser.add_argument(
-        "--data", help="UTF-8 text file or folder (default: Shakespeare)"
-    )
-    parser.add_argument("--vocab-size", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-tokens", type=int, default=120)
-    parser.add_argument("--prompt", default="ROMEO:")
-    parser.add_argument("--output", default="runs/tiny")
-    args = parser.parse_args(argv)
-    if args.config:
-        with open(args.config) as f:
-            values = json.load(f)
-        unknown = set(values) - set(vars(args))
-        if unknown:
-            parser.error(f"unknown keys in {args.config}: {sorted(unknown)}")
-        parser.set_defaults(**values)
-        args = parser.parse_args(argv)
-    return args
+__all__ = ["TrainConfig", "build_model_config", "main", "parse_args", "train"]
 
 
-def model_config(args, vocab_size):
-    """The preset with the flags' overrides applied."""
-    config = get_preset(args.preset, vocab_size=vocab_size)
-    overrides = {}
-    if args.sequence_length:
-        overrides["sequence_length"] = args.sequence_length
-    if args.experts is not None:
-        overrides["num_experts"] = args.experts or None
-    config = config.replace(**overrides)
-    if config.num_experts is None:
-        return config.dense_twin()
-    switch_options = {
-        **config.switch_options,
-        "capacity_factor": args.capacity_factor,
-        "eval_capacity_factor": args.eval_capacity_factor,
-    }
-    if args.group_size:
-        switch_options["group_size"] = args.group_size
-    if args.dispatch:
-        switch_options["dispatch"] = args.dispatch
-    if args.expert_parallel:
-        switch_options["expert_parallel"] = True
-    return config.replace(switch_options=switch_options)
+def build_model_config(config, vocab_size):
+    """The preset with the run's overrides applied; routing settings that the
+    run leaves at None keep the preset's values."""
+    model_config = get_preset(config.preset, vocab_size=vocab_size)
+    if config.sequence_length:
+        model_config = model_config.replace(sequence_length=config.sequence_length)
+    if config.experts is not None:
+        model_config = model_config.replace(num_experts=config.experts or None)
+    if model_config.num_experts is None:
+        return model_config.dense_twin()
+    return model_config.replace(
+        switch_options=model_config.switch_options.replace(**config.switch_overrides())
+    )
 
 
-def load_tokenizer(corpus, args, chief=True):
+def load_tokenizer(corpus, config, chief=True):
     """The run's WordPiece tokenizer, built once and kept in the output dir.
 
     Every worker of a cluster builds the same vocabulary (it is deterministic);
     only the chief writes it.
     """
-    path = os.path.join(args.output, "vocab.txt")
+    path = os.path.join(config.output, "vocab.txt")
     if os.path.exists(path):
         return text.WordPieceTokenizer(path)
-    logger.info("Building a %d-token WordPiece vocabulary ...", args.vocab_size)
+    logger.info("Building a %d-token WordPiece vocabulary ...", config.vocab_size)
     tokenizer = text.WordPieceTokenizer(
-        text.build_vocabulary([corpus.train], vocab_size=args.vocab_size)
+        text.build_vocabulary([corpus.train], vocab_size=config.vocab_size)
     )
     if chief:
         temporary = path + ".tmp"
@@ -167,7 +86,7 @@ def load_tokenizer(corpus, args, chief=True):
     return tokenizer
 
 
-def build_datasets(corpus, tokenizer, config, args):
+def build_datasets(corpus, tokenizer, model_config, config):
     train_ids = text.encode_corpus(tokenizer, corpus.train)
     validation_ids = text.encode_corpus(tokenizer, corpus.validation)
     logger.info(
@@ -178,35 +97,35 @@ def build_datasets(corpus, tokenizer, config, args):
     )
     train = EpochOrderedWindows(
         train_ids,
-        config.sequence_length,
-        args.batch_size,
-        seed=args.seed,
-        max_steps=args.steps_per_epoch,
+        model_config.sequence_length,
+        config.batch_size,
+        seed=config.seed,
+        max_steps=config.steps_per_epoch,
     )
     validation = EpochOrderedWindows(
         validation_ids,
-        config.sequence_length,
-        args.batch_size,
+        model_config.sequence_length,
+        config.batch_size,
         shuffle=False,
-        max_steps=args.validation_steps,
+        max_steps=config.validation_steps,
     )
     return train, validation
 
 
-def compile_model(config, steps_per_epoch, args):
-    model = SwitchLanguageModel(config)
+def compile_model(model_config, steps_per_epoch, config):
+    model = SwitchLanguageModel(model_config)
     schedule = WarmupSchedule(
-        args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        total_steps=steps_per_epoch * args.epochs,
-        decay=args.schedule,
+        config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        total_steps=steps_per_epoch * config.epochs,
+        decay=config.schedule,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[Perplexity()],
-        steps_per_execution=args.steps_per_execution,
-        jit_compile=args.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+        jit_compile=config.jit_compile,
     )
     return model
 
@@ -219,116 +138,125 @@ def read_history(path):
     return {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
 
 
-def write_results(model, load_recorder, tokenizer, args):
+def write_results(model, load_recorder, tokenizer, config):
     """Checkpoint, SavedModel, plots and a text sample, all under --output."""
-    model.save(os.path.join(args.output, "model.keras"))
+    model.save(os.path.join(config.output, "model.keras"))
     # The next version under serving/switch/ (TF Serving's --model_base_path;
     # a rerun of a finished job adds a version).
     export_dir = export_for_serving(
-        model, tokenizer, os.path.join(args.output, "serving"), model_name="switch"
+        model, tokenizer, os.path.join(config.output, "serving"), model_name="switch"
     )
-    history = read_history(os.path.join(args.output, "history.csv"))
-    plots.plot_losses(history, os.path.join(args.output, "loss.png"))
+    history = read_history(os.path.join(config.output, "history.csv"))
+    plots.plot_losses(history, os.path.join(config.output, "loss.png"))
     plots.plot_expert_load(
-        load_recorder.history, os.path.join(args.output, "expert_load.png")
+        load_recorder.history, os.path.join(config.output, "expert_load.png")
     )
-    prompt = tokenizer.tokenize(tf.constant([args.prompt])).numpy()[0].tolist()
+    prompt = tokenizer.tokenize(tf.constant([config.prompt])).numpy()[0].tolist()
     # A plain single-device copy samples: calling the trained model here would
     # update its routing metrics, which a multi-worker strategy synchronizes
     # with workers that have stopped.
     ids = generate_ids(
         serving_model(model),
         [text.BOS_ID, *prompt],
-        args.sample_tokens,
+        config.sample_tokens,
         temperature=0.8,
-        seed=args.seed,
+        seed=config.seed,
         pad_id=text.PAD_ID,
     )
     sample = tokenizer.detokenize(tf.ragged.constant([ids])).numpy()[0].decode()
-    with open(os.path.join(args.output, "sample.txt"), "w") as f:
+    with open(os.path.join(config.output, "sample.txt"), "w") as f:
         f.write(sample + "\n")
     return sample, export_dir
 
 
-def check_expert_parallel(args, strategy):
+def check_expert_parallel(config, strategy):
     replicas = strategy.num_replicas_in_sync
-    if args.batch_size % replicas:
+    if config.batch_size % replicas:
         raise SystemExit(
-            f"--expert-parallel: --batch-size {args.batch_size} must be "
+            f"--expert-parallel: --batch-size {config.batch_size} must be "
             f"divisible by the {replicas} replicas (equal per-replica batches)."
         )
-    if args.jit_compile and not isinstance(strategy, tf.distribute.TPUStrategy):
+    if config.jit_compile and not isinstance(strategy, tf.distribute.TPUStrategy):
         raise SystemExit(
             "--expert-parallel with --jit-compile runs only under TPUStrategy."
         )
 
 
-def chief_callbacks(args, load_recorder):
+def chief_callbacks(config, load_recorder):
     """Callbacks that write logs: the chief's alone."""
     return [
-        keras.callbacks.TensorBoard(os.path.join(args.output, "tensorboard")),
+        keras.callbacks.TensorBoard(os.path.join(config.output, "tensorboard")),
         keras.callbacks.CSVLogger(
-            os.path.join(args.output, "history.csv"), append=True
+            os.path.join(config.output, "history.csv"), append=True
         ),
         load_recorder,
     ]
 
 
-def train(args, strategy=None):
-    """Runs the job for parsed flags; returns the trained model.
+def train(config, strategy=None):
+    """Runs a training job; returns the trained model.
 
-    `strategy`: one already made (e.g. by a notebook that looked for a TPU
-    itself); None resolves `--strategy`.
+    Args:
+        config: a `training.config.TrainConfig`.
+        strategy: one already made (e.g. by a notebook that looked for a TPU
+            itself); None resolves `config.strategy`.
+
+    Example (a notebook or a test):
+
+        model = train(TrainConfig(experts=0, epochs=1, output="runs/dense"))
     """
-    if args.cpu_devices:
-        split_cpu(args.cpu_devices)
-    os.makedirs(args.output, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    keras.mixed_precision.set_global_policy(args.precision)
-    strategy = strategy or resolve_strategy(args.strategy)
-    if args.expert_parallel:
-        check_expert_parallel(args, strategy)
+    if config.cpu_devices:
+        split_cpu(config.cpu_devices)
+    os.makedirs(config.output, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
+    strategy = strategy or resolve_strategy(config.strategy)
+    if config.expert_parallel:
+        check_expert_parallel(config, strategy)
     chief = is_chief(strategy)
 
-    corpus = corpus_lib.load_corpus(args.data)
-    tokenizer = load_tokenizer(corpus, args, chief)
-    config = model_config(args, tokenizer.vocab_size)
-    train_windows, validation_windows = build_datasets(corpus, tokenizer, config, args)
-    print(model_report(config))
+    corpus = corpus_lib.load_corpus(config.data)
+    tokenizer = load_tokenizer(corpus, config, chief)
+    model_config = build_model_config(config, tokenizer.vocab_size)
+    train_windows, validation_windows = build_datasets(
+        corpus, tokenizer, model_config, config
+    )
+    print(model_report(model_config))
 
     with strategy.scope():
-        model = compile_model(config, train_windows.steps_per_epoch, args)
-    load_recorder = ExpertLoadRecorder(os.path.join(args.output, "expert_load.json"))
+        model = compile_model(model_config, train_windows.steps_per_epoch, config)
+    load_recorder = ExpertLoadRecorder(os.path.join(config.output, "expert_load.json"))
     callbacks = [
         EpochSetter(train_windows),
         # Every worker restores from the backup; the chief alone writes it.
-        ResumableBackupAndRestore(os.path.join(args.output, "backup"), write=chief),
+        ResumableBackupAndRestore(os.path.join(config.output, "backup"), write=chief),
         # raise_error: a NaN epoch must not reach the backup at its end.
         keras.callbacks.TerminateOnNaN(raise_error=True),
-        *(chief_callbacks(args, load_recorder) if chief else []),
+        ConciseProgbar(),
+        *(chief_callbacks(config, load_recorder) if chief else []),
     ]
     model.fit(
         train_windows.dataset(),
         validation_data=validation_windows.dataset(),
-        epochs=args.epochs,
+        epochs=config.epochs,
         callbacks=callbacks,
         shuffle=False,  # the windows are already in their (seed, epoch) order
         verbose=2 if not sys.stdout.isatty() else "auto",
     )
     if not chief:
         return model
-    sample, export_dir = write_results(model, load_recorder, tokenizer, args)
+    sample, export_dir = write_results(model, load_recorder, tokenizer, config)
     print(f"\nSavedModel: {export_dir}\nSample:\n{sample}")
     return model
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
+    config = parse_args(argv)
     try:
-        train(args)
+        train(config)
     except StrategyUnavailableError as error:
-        raise SystemExit(f"--strategy {args.strategy}: {error}") from error
+        raise SystemExit(f"--strategy {config.strategy}: {error}") from error
 
 
 if __name__ == "__main__":

@@ -156,12 +156,9 @@ def check_serving_copy(strategy):
     )
     with strategy.scope():
         model = SwitchLanguageModel(config)
-    options = {
-        key: value
-        for key, value in config.switch_options.items()
-        if key not in ("group_size", "expert_parallel")
-    }
-    copy = SwitchLanguageModel(config.replace(switch_options=options))
+    copy = SwitchLanguageModel(
+        config.replace(switch_options=config.switch_options.for_serving())
+    )
     result = {}
     try:
         copy.set_weights(model.get_weights())

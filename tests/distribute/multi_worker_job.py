@@ -3,7 +3,8 @@
     TF_CONFIG=... python -m tests.distribute.multi_worker_job [--unpatched] \
         -- <training.train flags>
 
-With `--unpatched`, Keras runs without `keras_multi_worker_fix`, to show the
+With `--unpatched`, Keras runs without `keras_internals.fix_multi_worker_fit`,
+to show the
 upstream bug is still there.
 """
 
@@ -11,14 +12,14 @@ import hashlib
 import json
 import sys
 
-from tf_switch.distribute import keras_multi_worker_fix
+from tf_switch import keras_internals
 from training.train import parse_args, train
 
 
 def main():
     argv = sys.argv[1:]
     if argv[0] == "--unpatched":
-        keras_multi_worker_fix.needs_fix = lambda: False
+        keras_internals.fix_multi_worker_fit = lambda: None
         argv = argv[1:]
     model = train(parse_args(argv[argv.index("--") + 1 :]))
     digest = hashlib.sha256()

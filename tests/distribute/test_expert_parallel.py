@@ -15,6 +15,7 @@ import pytest
 
 from tests.layers.layer_checks import check_config_round_trip, check_save_and_reload
 from tf_switch import ExpertFFN, SwitchBlock, SwitchFFN
+from tf_switch.distribute.expert_parallel import ExpertParallelFFN
 
 HARD_TIMEOUT_SECONDS = 180
 # Float32 sums in another order: outputs and gradients agree to ~1e-7.
@@ -143,11 +144,11 @@ def test_without_a_strategy_the_option_is_the_plain_layer(tmp_path):
     inputs = keras.Input((6, 4), batch_size=2)
     model = keras.Model(inputs, _ffn(True)(inputs))
     reloaded = check_save_and_reload(model, x, tmp_path)
-    assert reloaded.layers[1].experts.expert_parallel
+    assert isinstance(reloaded.layers[1].experts, ExpertParallelFFN)
 
 
 def test_config_round_trips_the_option():
-    check_config_round_trip(ExpertFFN(4, 8, expert_parallel=True))
+    check_config_round_trip(ExpertParallelFFN(4, 8))
     layer = _ffn(True)
     check_config_round_trip(layer)
     assert layer.get_config()["expert_parallel"] is True
@@ -159,9 +160,19 @@ def test_config_round_trips_the_option():
         switch_options={"expert_parallel": True},
     )
     check_config_round_trip(block)
-    assert block.ffn.experts.expert_parallel
+    assert isinstance(block.ffn.experts, ExpertParallelFFN)
+    assert type(_ffn(False).experts) is ExpertFFN
 
 
 def test_invalid_option_is_refused():
     with pytest.raises(ValueError, match="Received: expert_parallel='yes'"):
-        ExpertFFN(4, 8, expert_parallel="yes")
+        SwitchFFN(4, 8, expert_parallel="yes")
+
+
+def test_expert_ffn_saved_before_the_split_still_loads():
+    config = ExpertFFN(4, 8).get_config()
+    assert (
+        type(ExpertFFN.from_config({**config, "expert_parallel": False})) is ExpertFFN
+    )
+    with pytest.raises(ValueError, match="ExpertParallelFFN"):
+        ExpertFFN.from_config({**config, "expert_parallel": True})

@@ -129,8 +129,8 @@ def test_two_workers_train_in_lock_step_and_resume_after_kill(corpus, tmp_path):
 
 
 def test_keras_still_needs_the_fix(corpus, tmp_path):
-    # When this fails, Keras has fixed keras-team/keras#20585: narrow
-    # keras_multi_worker_fix.AFFECTED_KERAS and drop the patch there.
+    # When this fails, Keras has fixed keras-team/keras#20585: drop
+    # keras_internals.fix_multi_worker_fit for the releases that have the fix.
     results = _results(_start_workers(tmp_path / "run", corpus, "--unpatched"))
     assert any(code != 0 for code, _, _ in results)
     errors = " ".join(stderr for _, _, stderr in results)

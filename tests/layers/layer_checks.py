@@ -4,6 +4,11 @@ import keras
 import numpy as np
 
 
+def random_inputs(shape=(2, 8, 4), seed=0):
+    """Standard-normal float32 tokens, `[batch, length, hidden]` by default."""
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
 def check_config_round_trip(layer):
     """`from_config(get_config())` rebuilds a layer with the same config."""
     config = layer.get_config()

@@ -2,38 +2,38 @@ import keras
 import numpy as np
 import pytest
 
-from tests.layers.layer_checks import check_config_round_trip, check_save_and_reload
+from tests.layers.layer_checks import (
+    check_config_round_trip,
+    check_save_and_reload,
+    random_inputs,
+)
 from tf_switch import SwitchRouter
-
-
-def _inputs(shape=(2, 8, 4), seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
 def test_routing_is_float32_under_mixed_bfloat16():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     router = SwitchRouter(num_experts=4)
-    decision = router(keras.ops.cast(_inputs(), "bfloat16"))
+    decision = router(keras.ops.cast(random_inputs(), "bfloat16"))
     assert router.kernel.dtype == "float32"
     assert router.compute_dtype == "bfloat16"
     for key in ("router_logits", "router_probs", "slot_weight"):
         assert decision[key].dtype == "float32", key
     # The kernel is used in float32, not rounded to bfloat16.
-    expected = keras.ops.cast(_inputs(), "bfloat16").numpy().astype(np.float32)
+    expected = keras.ops.cast(random_inputs(), "bfloat16").numpy().astype(np.float32)
     expected = expected @ router.kernel.numpy()
     np.testing.assert_allclose(decision["router_logits"], expected, rtol=1e-5)
 
 
 def test_capacity_differs_between_training_and_evaluation():
     router = SwitchRouter(num_experts=4, capacity_factor=1.0, eval_capacity_factor=2.0)
-    x = _inputs((1, 16, 4))
+    x = random_inputs((1, 16, 4))
     assert router(x, training=True)["slot_token"].shape[-1] == 4
     assert router(x, training=False)["slot_token"].shape[-1] == 8
 
 
 def test_jitter_only_in_training():
     router = SwitchRouter(num_experts=4, jitter_noise=0.5, seed=3)
-    x = _inputs()
+    x = random_inputs()
     eval_logits = [router(x, training=False)["router_logits"] for _ in range(2)]
     np.testing.assert_array_equal(eval_logits[0], eval_logits[1])
     np.testing.assert_allclose(eval_logits[0], x @ router.kernel.numpy(), rtol=1e-5)
@@ -48,7 +48,7 @@ def test_losses_are_added_with_their_own_weights():
     router = SwitchRouter(
         num_experts=4, load_balance_loss_weight=0.5, router_z_loss_weight=2.0
     )
-    decision = router(_inputs())
+    decision = router(random_inputs())
     stats = decision["stats"]
     added = [float(loss) for loss in router.losses]
     assert added == pytest.approx(
@@ -61,7 +61,7 @@ def test_z_loss_is_not_scaled_by_the_balance_weight():
     router = SwitchRouter(
         num_experts=4, load_balance_loss_weight=0.0, router_z_loss_weight=1.0
     )
-    decision = router(_inputs())
+    decision = router(random_inputs())
     logits = np.asarray(decision["router_logits"], np.float64)
     log_z = np.log(np.exp(logits).sum(-1))
     assert len(router.losses) == 1
@@ -70,7 +70,7 @@ def test_z_loss_is_not_scaled_by_the_balance_weight():
 
 def test_expert_choice_routes_without_balance_loss():
     router = SwitchRouter(num_experts=4, routing="experts_choose", capacity_factor=1.0)
-    decision = router(_inputs(), training=True)
+    decision = router(random_inputs(), training=True)
     assert decision["slot_mask"].numpy().all()  # every expert full
     assert len(router.losses) == 1  # the z-loss only
 
@@ -97,7 +97,7 @@ def test_invalid_arguments_are_refused(kwargs, message):
 
 def test_metrics_accumulate_token_weighted_means():
     router = SwitchRouter(num_experts=2, per_expert_metrics=True, name="r")
-    x = _inputs((1, 8, 4))
+    x = random_inputs((1, 8, 4))
     stats = router(x)["stats"]
     result = {k: float(v) for k, v in router.routing_metrics.result().items()}
     assert result["r/load_balance_loss"] == pytest.approx(
@@ -125,4 +125,4 @@ def test_reload_from_keras_file(tmp_path):
     inputs = keras.Input((8, 4))
     router = SwitchRouter(num_experts=4, top_k=2, jitter_noise=0.1)
     model = keras.Model(inputs, router(inputs)["router_probs"])
-    check_save_and_reload(model, _inputs(), tmp_path)
+    check_save_and_reload(model, random_inputs(), tmp_path)

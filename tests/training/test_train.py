@@ -14,8 +14,21 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.training.synthetic import write_corpus
 from tf_switch.export import serving_model
-from training.train import parse_args, train
+from tf_switch.options import SwitchOptions
+from training.config import TrainConfig, parse_args
+from training.train import build_model_config, train
 
+TINY = {
+    "epochs": 2,
+    "steps_per_epoch": 6,
+    "validation_steps": 2,
+    "batch_size": 4,
+    "sequence_length": 16,
+    "vocab_size": 120,
+    "warmup_steps": 2,
+    "sample_tokens": 8,
+    "prompt": "KING:",
+}
 TINY_FLAGS = [
     "--epochs",
     "2",
@@ -47,8 +60,16 @@ def _flags(corpus_dir, output, *extra):
     return ["--data", str(corpus_dir), "--output", str(output), *TINY_FLAGS, *extra]
 
 
-def test_training_job_writes_every_artifact(corpus_dir, tmp_path):
-    train(parse_args(_flags(corpus_dir, tmp_path)))
+def _config(corpus_dir, output, **changes):
+    return TrainConfig(data=str(corpus_dir), output=str(output), **{**TINY, **changes})
+
+
+def test_training_job_writes_every_artifact(corpus_dir, tmp_path, capsys):
+    train(_config(corpus_dir, tmp_path))
+    console = capsys.readouterr().out
+    # The progress lines: loss, perplexity, two numbers per Switch layer.
+    assert "perplexity" in console and "block_1_ffn_router/dropped_fraction" in console
+    assert "expert_0_fraction" not in console
     for name in (
         "model.keras",
         "vocab.txt",
@@ -83,9 +104,11 @@ def test_dense_twin_and_config_file(corpus_dir, tmp_path):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"experts": 0, "epochs": 1}))
     flags = _flags(corpus_dir, tmp_path / "out", "--config", str(config))
-    args = parse_args(flags)
-    assert args.experts == 0 and args.epochs == 2  # flags override the file
-    model = train(args)
+    run = parse_args(flags)
+    assert isinstance(run, TrainConfig)
+    assert run.experts == 0 and run.epochs == 2  # flags override the file
+    assert run == _config(corpus_dir, tmp_path / "out", experts=0)
+    model = train(run)
     assert not any("router" in w.path for w in model.weights)
     export = tf.saved_model.load(str(tmp_path / "out" / "serving" / "switch" / "1"))
     assert "route" not in export.signatures  # a dense model has no routing
@@ -96,6 +119,18 @@ def test_unknown_config_keys_are_refused(tmp_path):
     config.write_text(json.dumps({"epoch": 3}))
     with pytest.raises(SystemExit):
         parse_args(["--config", str(config)])
+
+
+def test_flags_override_the_preset_only_when_given():
+    preset = build_model_config(TrainConfig(), vocab_size=100).switch_options
+    assert preset == SwitchOptions(group_size=1024)  # the tiny preset's
+    given = parse_args(["--capacity-factor", "1.0", "--eval-capacity-factor", "none"])
+    options = build_model_config(given, vocab_size=100).switch_options
+    assert options == preset.replace(capacity_factor=1.0, eval_capacity_factor=None)
+    dropless = parse_args(["--capacity-factor", "none"])
+    assert build_model_config(dropless, 100).switch_options.capacity_factor is None
+    with pytest.raises(SystemExit):
+        parse_args(["--capacity-factor", "-1"])
 
 
 def _run_job(flags, **kwargs):
@@ -136,9 +171,16 @@ def test_kill_9_and_rerun_resumes_to_identical_weights(corpus_dir, tmp_path):
 def test_tpu_code_path_runs_on_cpu(corpus_dir, tmp_path):
     # What a TPU run changes: bfloat16 compute, several steps per call and
     # XLA; the export must still be float32 and free of TPU ops.
-    tpu_flags = ("--precision", "mixed_bfloat16", "--steps-per-execution", "3")
-    flags = _flags(corpus_dir, tmp_path, *tpu_flags, "--jit-compile", "--epochs", "1")
-    model = train(parse_args(flags))
+    model = train(
+        _config(
+            corpus_dir,
+            tmp_path,
+            precision="mixed_bfloat16",
+            steps_per_execution=3,
+            jit_compile=True,
+            epochs=1,
+        )
+    )
     assert model.compute_dtype == "bfloat16"
     assert model.steps_per_execution == 3 and model.jit_compile
     export = tmp_path / "serving" / "switch" / "1"

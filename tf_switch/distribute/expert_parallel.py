@@ -12,7 +12,8 @@ to their expert's replica and back by all-to-all.
 With replicated experts every device holds all N experts' weights and
 optimizer state, so N is bounded by one device's memory. Under a
 `tf.distribute.MirroredStrategy` (or `TPUStrategy`) with D replicas,
-`ExpertFFN(expert_parallel=True)` stores each expert weight as a mirrored
+`ExpertParallelFFN` (what `SwitchFFN(..., expert_parallel=True)` builds as
+its experts) stores each expert weight as a mirrored
 variable of shard shape `[N/D, ...]` whose D components hold *different*
 experts: replica r holds experts `r*N/D ... (r+1)*N/D - 1`. The dense
 weights (router, attention, embeddings) stay data-parallel. One layer call on
@@ -68,17 +69,21 @@ devices, all-to-all dispatch); Fedus et al., "Switch Transformers", arXiv
 import collections
 import itertools
 
+import keras
 import tensorflow as tf
 
+from tf_switch.distribute import expert_shards
 from tf_switch.distribute.expert_shards import (
     is_expert_shard,
     logical_weights,
     set_logical_weights,
-    tf_variable,
 )
+from tf_switch.keras_internals import tf_variable
+from tf_switch.layers.expert_ffn import ExpertFFN
 
 __all__ = [
     "ExpertExchange",
+    "ExpertParallelFFN",
     "is_expert_shard",
     "logical_weights",
     "num_expert_shards",
@@ -282,3 +287,86 @@ class ExpertExchange:
         blocks = tf.transpose(blocks, [1, 0, 2, 3])  # [D (destination), N/D, M, d]
         returned = self._all_to_all(blocks)  # [D (expert's replica), N/D, M, d]
         return tf.reshape(returned, [self.num_experts, -1, hidden])
+
+
+@keras.saving.register_keras_serializable(package="tf_switch")
+class ExpertParallelFFN(ExpertFFN):
+    """`ExpertFFN` whose experts are sharded over the replicas of a strategy.
+
+    Built under a `MirroredStrategy` or `TPUStrategy` with D > 1 replicas,
+    each replica holds N/D experts' weights (and optimizer slots), and tokens
+    travel to their expert's replica and back by all-to-all (module
+    docstring). N must be divisible by D. Outside a strategy, or with one
+    replica, it is the plain `ExpertFFN`. Saving writes whole `[N, ...]`
+    experts, so it and a plain `ExpertFFN` load each other's weights.
+    Building it installs the optimizer hooks of
+    `tf_switch.distribute.expert_shards`.
+
+    Takes the arguments of `ExpertFFN`.
+
+    Example:
+
+    >>> experts = ExpertParallelFFN(num_experts=4, intermediate_dim=32)
+    >>> experts(keras.ops.ones((4, 10, 16))).shape  # no strategy: plain
+    TensorShape([4, 10, 16])
+    """
+
+    def build(self, input_shape):
+        self.num_shards = num_expert_shards(self.num_experts)
+        # The all-to-all between replicas; None when the experts are whole.
+        self.exchange = None
+        if self.num_shards > 1:
+            self.exchange = ExpertExchange(
+                self.num_experts, tf.distribute.get_strategy()
+            )
+        super().build(input_shape)
+
+    def add_expert_weight(self, name, shape, initializer):
+        if self.num_shards == 1:
+            return super().add_expert_weight(name, shape, initializer)
+        return expert_shards.add_expert_weight(
+            self, name, shape, initializer, self.num_shards
+        )
+
+    def _whole(self, variable):
+        """All N experts of a sharded variable, for a cross-replica call."""
+        if variable is None:
+            return None
+        whole = expert_shards.full_expert_weight(variable)
+        return keras.ops.cast(whole, self.compute_dtype)
+
+    def call(self, inputs, training=None):
+        if self.exchange is None:
+            return super().call(inputs, training=training)
+        if not self.exchange.in_replica_context():
+            # E.g. `model(x)` under `strategy.scope()`: every expert here.
+            return self.apply_experts(
+                inputs,
+                [self._whole(w) for w in self.wi],
+                self._whole(self.wo),
+                self._whole(self.bi),
+                self._whole(self.bo),
+                training,
+            )
+        local_inputs = self.exchange.to_experts(inputs)  # [N/D, D*M, d]
+        local_outputs = self.apply_experts(
+            local_inputs, self.wi, self.wo, self.bi, self.bo, training
+        )
+        return self.exchange.from_experts(local_outputs)  # [N, M, d]
+
+    def _variables_by_key(self):
+        variables = {}
+        super().save_own_variables(variables)  # Keras stores the variables
+        return variables
+
+    def save_own_variables(self, store):
+        # Full [N, ...] experts, whatever the sharding: an expert-parallel
+        # and a replicated layer load each other's weights.
+        expert_shards.save_full_values(
+            super().save_own_variables, self._variables_by_key(), store
+        )
+
+    def load_own_variables(self, store):
+        expert_shards.load_full_values(
+            super().load_own_variables, self._variables_by_key(), store
+        )

@@ -7,12 +7,13 @@ Everything that reads or writes a whole variable (saving, loading,
 `logical_weights`) goes through the full `[N, ...]` value, so expert-parallel
 and replicated models exchange weights freely.
 
-Keras' TensorFlow optimizer (`TFOptimizer`, the base of every Keras optimizer
-on this backend) needs version-guarded hooks for such variables
-(`install_optimizer_hooks`, called when the first one is created); each
-leaves every other variable alone:
+Keras' TensorFlow optimizer (the base of every Keras optimizer on this
+backend) needs hooks for such variables (`install_optimizer_hooks`, called
+when the first one is created; they go through
+`tf_switch.keras_internals.hook_tf_optimizer`, which holds the private names
+and the Keras version range); each leaves every other variable alone:
 
-- `_all_reduce_sum_gradients`: Keras sums every gradient over the replicas.
+- gradient all-reduce: Keras sums every gradient over the replicas.
   An expert shard's gradient is already complete on its replica (the
   backward all-to-all brings every replica's contribution), so it skips the
   sum; `strategy.extended.update` then hands each component its own
@@ -28,23 +29,10 @@ import functools
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.backend.tensorflow.optimizer import TFOptimizer
 
-from tf_switch.distribute.keras_versions import keras_in
+from tf_switch.keras_internals import hook_tf_optimizer, tf_variable
 
 SHARD_ATTRIBUTE = "_tf_switch_expert_shard"
-
-# Keras versions whose `TFOptimizer` the hooks fit: checked on 3.15.1; the
-# hooked methods have had these names and signatures throughout Keras 3.
-CHECKED_KERAS = ((3, 0), (4, 0))
-
-
-def tf_variable(variable):
-    """The `tf.Variable` (mirrored, for a distributed one) behind a variable."""
-    if isinstance(variable, keras.Variable):
-        # Not `.value`: inside a mixed-precision call that is a cast tensor.
-        return variable._value
-    return variable
 
 
 def is_expert_shard(variable):
@@ -184,7 +172,7 @@ def set_logical_weights(model, weights):
 
 def _skip_all_reduce_for_shards(original):
     @functools.wraps(original)
-    def _all_reduce_sum_gradients(self, grads_and_vars):
+    def all_reduce_gradients(self, grads_and_vars):
         grads_and_vars = list(grads_and_vars)
         is_shard = [is_expert_shard(v) for _, v in grads_and_vars]
         if not any(is_shard):
@@ -194,7 +182,7 @@ def _skip_all_reduce_for_shards(original):
         reduced = iter(original(self, dense) if dense else [])
         return [pair if shard else next(reduced) for pair, shard in pairs]
 
-    return _all_reduce_sum_gradients
+    return all_reduce_gradients
 
 
 def _mark_slots_of_shards(original):
@@ -232,32 +220,17 @@ def _load_full_slots(original):
     return load_own_variables
 
 
-HOOKS = {
-    "_all_reduce_sum_gradients": _skip_all_reduce_for_shards,
-    "add_variable_from_reference": _mark_slots_of_shards,
-    "save_own_variables": _save_full_slots,
-    "load_own_variables": _load_full_slots,
-}
-
-
 def install_optimizer_hooks():
     """Teaches Keras' TensorFlow optimizer about expert shards; idempotent.
 
     Raises:
-        NotImplementedError: on a Keras outside `CHECKED_KERAS`, or one whose
-            `TFOptimizer` lacks a hooked method.
+        NotImplementedError: on a Keras outside
+            `tf_switch.keras_internals.SUPPORTED_KERAS`.
     """
-    if getattr(TFOptimizer, "_tf_switch_expert_shard_hooks", False):
-        return
-    if not keras_in(CHECKED_KERAS) or not all(
-        hasattr(TFOptimizer, name) for name in HOOKS
-    ):
-        low, high = CHECKED_KERAS
-        raise NotImplementedError(
-            "expert_parallel=True hooks into the TensorFlow optimizer of Keras "
-            f"{low} to {high} (exclusive); this is Keras {keras.version()}. "
-            "Use expert_parallel=False."
-        )
-    for name, hook in HOOKS.items():
-        setattr(TFOptimizer, name, hook(getattr(TFOptimizer, name)))
-    TFOptimizer._tf_switch_expert_shard_hooks = True
+    hook_tf_optimizer(
+        "expert_shards",
+        all_reduce_gradients=_skip_all_reduce_for_shards,
+        add_variable_from_reference=_mark_slots_of_shards,
+        save_own_variables=_save_full_slots,
+        load_own_variables=_load_full_slots,
+    )

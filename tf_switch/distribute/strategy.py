@@ -8,7 +8,7 @@ import os
 
 import tensorflow as tf
 
-from tf_switch.distribute import keras_multi_worker_fix
+from tf_switch import keras_internals
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _tpu_strategy():
 
 
 def _multi_worker_strategy():
-    keras_multi_worker_fix.apply()
+    keras_internals.fix_multi_worker_fit()
     if _cluster_size() < 2:
         logger.warning(
             "MultiWorkerMirroredStrategy without a TF_CONFIG cluster of two or "
@@ -95,7 +95,7 @@ def resolve_strategy(name="auto"):
     - `"mirrored"`: MirroredStrategy over all local GPUs, or over all logical
       CPU devices when there is no GPU (see `split_cpu`).
     - `"multi_worker"`: MultiWorkerMirroredStrategy, with Keras 3's
-      multi-worker `fit` fixed (`keras_multi_worker_fix`).
+      multi-worker `fit` fixed (`keras_internals.fix_multi_worker_fit`).
     - `"tpu"`: TPUStrategy; raises `StrategyUnavailableError` without a TPU.
 
     Example:

@@ -1,10 +1,7 @@
 """N feed-forward experts with stacked kernels."""
 
 import keras
-import tensorflow as tf
 
-from tf_switch.distribute import expert_parallel as ep
-from tf_switch.distribute import expert_shards
 from tf_switch.initializers import SwitchInitializer
 
 ACTIVATIONS = ("relu", "gelu", "gated-gelu")
@@ -31,14 +28,6 @@ class ExpertFFN(keras.layers.Layer):
         use_bias: add per-expert biases (Model Garden style); default False.
         kernel_initializer: default `SwitchInitializer()`, truncated normal
             with std sqrt(0.1 / fan_in) per expert (paper §2.4).
-        expert_parallel: shard the experts over the replicas of the
-            `tf.distribute` strategy the layer is built under (see
-            `tf_switch.distribute.expert_parallel`): with D replicas each holds
-            N/D experts' weights and optimizer slots, and tokens travel to
-            their expert's replica by all-to-all. N must be divisible by D.
-            Outside a strategy, or with one replica, the layer is the plain
-            one (the option is kept in the config, so a saved model reloads
-            onto more devices). Default False.
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -66,7 +55,6 @@ class ExpertFFN(keras.layers.Layer):
         expert_dropout=0.0,
         use_bias=False,
         kernel_initializer=None,
-        expert_parallel=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,13 +79,7 @@ class ExpertFFN(keras.layers.Layer):
                 "Invalid value received for argument `expert_dropout`. Expected "
                 f"a float in [0, 1). Received: expert_dropout={expert_dropout}"
             )
-        if not isinstance(expert_parallel, bool):
-            raise ValueError(
-                "Invalid value received for argument `expert_parallel`. Expected "
-                f"a bool. Received: expert_parallel={expert_parallel!r}"
-            )
         self.num_experts = num_experts
-        self.expert_parallel = expert_parallel
         self.intermediate_dim = intermediate_dim
         self.activation = activation
         self.expert_dropout = expert_dropout
@@ -112,91 +94,51 @@ class ExpertFFN(keras.layers.Layer):
     def build(self, input_shape):
         hidden_dim = input_shape[-1]
         num_in = 2 if self.activation == "gated-gelu" else 1
-        num_shards = 1
-        if self.expert_parallel:
-            num_shards = ep.num_expert_shards(self.num_experts)
-        # The all-to-all between replicas; None when the experts are whole.
-        self.exchange = None
-        if num_shards > 1:
-            self.exchange = ep.ExpertExchange(
-                self.num_experts, tf.distribute.get_strategy()
-            )
-
-        def expert_weight(name, shape, initializer):
-            if num_shards > 1:
-                return expert_shards.add_expert_weight(
-                    self, name, shape, initializer, num_shards
-                )
-            return self.add_weight(name=name, shape=shape, initializer=initializer)
-
         self.wi = [
-            expert_weight(
+            self.add_expert_weight(
                 f"wi_{i}" if num_in > 1 else "wi",
                 (self.num_experts, hidden_dim, self.intermediate_dim),
                 self.kernel_initializer,
             )
             for i in range(num_in)
         ]
-        self.wo = expert_weight(
+        self.wo = self.add_expert_weight(
             "wo",
             (self.num_experts, self.intermediate_dim, hidden_dim),
             self.kernel_initializer,
         )
+        self.bi = self.bo = None
         if self.use_bias:
-            self.bi = expert_weight(
+            self.bi = self.add_expert_weight(
                 "bi", (self.num_experts, 1, self.intermediate_dim), "zeros"
             )
-            self.bo = expert_weight("bo", (self.num_experts, 1, hidden_dim), "zeros")
+            self.bo = self.add_expert_weight(
+                "bo", (self.num_experts, 1, hidden_dim), "zeros"
+            )
 
-    def _weight(self, variable, local):
-        """`variable` as the call uses it.
-
-        Inside the strategy's replica context a sharded variable reads as this
-        replica's experts; elsewhere its shards are concatenated.
-        """
-        if self.exchange is None or local:
-            return variable
-        full = expert_shards.full_expert_weight(variable)
-        return keras.ops.cast(full, self.compute_dtype)
+    def add_expert_weight(self, name, shape, initializer):
+        """Creates a `[N, ...]` weight, one slice per expert."""
+        return self.add_weight(name=name, shape=shape, initializer=initializer)
 
     def call(self, inputs, training=None):
-        local = self.exchange is not None and self.exchange.in_replica_context()
-        if local:
-            inputs = self.exchange.to_experts(inputs)  # [N/D, D*M, d]
-        hidden = keras.ops.matmul(inputs, self._weight(self.wi[0], local))
-        # hidden: [N, M, intermediate], or [N/D, D*M, intermediate]
-        if self.use_bias:
-            hidden = hidden + self._weight(self.bi, local)
+        return self.apply_experts(inputs, self.wi, self.wo, self.bi, self.bo, training)
+
+    def apply_experts(self, inputs, wi, wo, bi, bo, training):
+        """`[E, M, d]` tokens through E experts with these weights (E <= N)."""
+        hidden = keras.ops.matmul(inputs, wi[0])  # [E, M, intermediate]
+        if bi is not None:
+            hidden = hidden + bi
         if self.activation == "relu":
             hidden = keras.activations.relu(hidden)
         else:
             hidden = keras.activations.gelu(hidden, approximate=True)
         if self.activation == "gated-gelu":
-            hidden = hidden * keras.ops.matmul(inputs, self._weight(self.wi[1], local))
+            hidden = hidden * keras.ops.matmul(inputs, wi[1])
         hidden = self.dropout(hidden, training=training)
-        outputs = keras.ops.matmul(hidden, self._weight(self.wo, local))
-        if self.use_bias:
-            outputs = outputs + self._weight(self.bo, local)
-        if local:
-            outputs = self.exchange.from_experts(outputs)
-        return outputs  # [N, M, hidden]
-
-    def _variables_by_key(self):
-        variables = {}
-        super().save_own_variables(variables)  # Keras stores the variables
-        return variables
-
-    def save_own_variables(self, store):
-        # Full [N, ...] experts, whatever the sharding: an expert-parallel
-        # and a replicated layer load each other's weights.
-        expert_shards.save_full_values(
-            super().save_own_variables, self._variables_by_key(), store
-        )
-
-    def load_own_variables(self, store):
-        expert_shards.load_full_values(
-            super().load_own_variables, self._variables_by_key(), store
-        )
+        outputs = keras.ops.matmul(hidden, wo)
+        if bo is not None:
+            outputs = outputs + bo
+        return outputs  # [E, M, hidden]
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -213,7 +155,19 @@ class ExpertFFN(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
-                "expert_parallel": self.expert_parallel,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs saved before expert parallelism moved to
+        # `tf_switch.distribute.expert_parallel.ExpertParallelFFN` carry the
+        # flag; the plain layer loads them when it is off.
+        config = dict(config)
+        if config.pop("expert_parallel", False):
+            raise ValueError(
+                "This ExpertFFN was saved with expert_parallel=True; load it as "
+                "tf_switch.distribute.expert_parallel.ExpertParallelFFN."
+            )
+        return super().from_config(config)

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tf_switch.layers.expert_ffn import ExpertFFN
 from tf_switch.layers.switch_ffn import SwitchFFN
+from tf_switch.options import SwitchOptions
 
 
 @keras.saving.register_keras_serializable(package="tf_switch")
@@ -28,8 +29,10 @@ class SwitchBlock(keras.layers.Layer):
         expert_dropout: dropout inside the FFN (experts or dense); the paper
             fine-tunes with 0.4 in experts and 0.1 elsewhere (§3.3).
         layer_norm_epsilon: epsilon of both LayerNorms.
-        switch_options: dict of further `SwitchFFN` arguments (`top_k`,
-            `capacity_factor`, `group_size`, `dispatch`, `jitter_noise`, ...).
+        switch_options: the Switch FFN's `tf_switch.options.SwitchOptions`
+            (`top_k`, `capacity_factor`, `group_size`, `dispatch`,
+            `jitter_noise`, ...), or a dict of its fields; only for a sparse
+            block.
         **kwargs: `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -69,12 +72,13 @@ class SwitchBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        switch_options = dict(switch_options or {})
         if num_experts is None and switch_options:
             raise ValueError(
                 "`switch_options` configure the Switch FFN, but num_experts=None "
                 f"makes this block dense. Received: switch_options={switch_options}"
             )
+        if num_experts is not None:
+            switch_options = SwitchOptions.from_config(switch_options)
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.num_experts = num_experts
@@ -118,7 +122,7 @@ class SwitchBlock(keras.layers.Layer):
                 causal=causal,
                 dtype=self.dtype_policy,
                 name=f"{self.name}_ffn",
-                **switch_options,
+                options=switch_options,
             )
 
     def build(self, input_shape):
@@ -194,7 +198,8 @@ class SwitchBlock(keras.layers.Layer):
                 "activation": self.activation,
                 "expert_dropout": self.expert_dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "switch_options": self.switch_options,
+                "switch_options": self.switch_options
+                and self.switch_options.to_config(),
             }
         )
         return config

@@ -1,20 +1,12 @@
 """The Switch feed-forward layer: router, dispatch, experts, combine."""
 
-import inspect
-
 import keras
 import tensorflow as tf
 
 from tf_switch import dispatch as dispatch_lib
 from tf_switch.layers.expert_ffn import ExpertFFN
 from tf_switch.layers.switch_router import SwitchRouter
-
-# Arguments that SwitchFFN forwards to its SwitchRouter.
-ROUTER_ARGUMENTS = tuple(
-    name
-    for name in inspect.signature(SwitchRouter.__init__).parameters
-    if name not in ("self", "num_experts", "kernel_initializer", "kwargs")
-)
+from tf_switch.options import SwitchOptions
 
 
 @keras.saving.register_keras_serializable(package="tf_switch")
@@ -34,28 +26,33 @@ class SwitchFFN(keras.layers.Layer):
         activation: `"relu"`, `"gelu"` or `"gated-gelu"`.
         expert_dropout: dropout inside the experts.
         use_bias: per-expert biases; default False.
-        group_size: tokens per routing group. None (default): each sequence of
-            a `[batch, length, hidden]` input is its own group, so a
-            sequence's output never depends on the rest of its batch. An int:
-            all tokens of the call are flattened in order and cut into groups
-            of that size; a last incomplete group is padded with masked tokens
-            that take no slot and count for no loss (outputs are unaffected).
-            Capacity is per group, so larger groups drop fewer tokens.
-        dispatch: `"gather"` (default; linear in tokens, fastest on CPU/GPU)
-            or `"einsum"` (one-hot matmuls, TPU-friendly; cost grows with
-            `group_size`). Same outputs and gradients.
         kernel_initializer: for router and experts; default
             `SwitchInitializer()` (std sqrt(0.1 / fan_in)).
-        expert_parallel: shard the experts over the replicas of the
-            `tf.distribute` strategy the layer is built under, N/D per
-            replica, with all-to-all token exchange; the router stays
-            data-parallel. See `ExpertFFN` and
-            `tf_switch.distribute.expert_parallel`. Default False.
-        **kwargs: any `SwitchRouter` argument (`top_k`, `routing`,
-            `capacity_factor`, `eval_capacity_factor`, `min_capacity`,
-            `batch_prioritized_routing`, `causal`, `jitter_noise`,
-            `load_balance_loss_weight`, `router_z_loss_weight`,
-            `per_expert_metrics`, `seed`), then `keras.layers.Layer` ones.
+        causal: the model is autoregressive; refuses routing options that let
+            a token's routing depend on later tokens.
+        seed: seed of the router's jitter noise.
+        options: a `tf_switch.options.SwitchOptions` (or its config dict):
+            routing (`top_k`, `routing`, `capacity_factor`,
+            `eval_capacity_factor`, `min_capacity`,
+            `batch_prioritized_routing`, `jitter_noise`, loss weights,
+            `per_expert_metrics`), `group_size`, `dispatch` and
+            `expert_parallel`. Each of its fields may also be passed as a
+            keyword argument, which overrides `options`:
+            - `group_size`: None (default): each sequence of a
+              `[batch, length, hidden]` input is its own group, so a
+              sequence's output never depends on the rest of its batch. An
+              int: all tokens of the call are flattened in order and cut into
+              groups of that size; a last incomplete group is padded with
+              masked tokens that take no slot and count for no loss. Capacity
+              is per group, so larger groups drop fewer tokens.
+            - `dispatch`: `"gather"` (default; linear in tokens, fastest on
+              CPU/GPU) or `"einsum"` (one-hot matmuls, TPU-friendly; cost
+              grows with `group_size`). Same outputs and gradients.
+            - `expert_parallel`: shard the experts over the replicas of the
+              `tf.distribute` strategy the layer is built under, N/D per
+              replica, with all-to-all token exchange; the router stays
+              data-parallel (`tf_switch.distribute.expert_parallel`).
+        **kwargs: `SwitchOptions` fields, then `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: `[..., hidden_dim]`; `[batch, length, hidden_dim]` with a
@@ -91,44 +88,41 @@ class SwitchFFN(keras.layers.Layer):
         activation="relu",
         expert_dropout=0.0,
         use_bias=False,
-        group_size=None,
-        dispatch="gather",
         kernel_initializer=None,
-        expert_parallel=False,
+        causal=False,
+        seed=None,
+        options=None,
         **kwargs,
     ):
-        router_kwargs = {k: kwargs.pop(k) for k in ROUTER_ARGUMENTS if k in kwargs}
+        given = {k: kwargs.pop(k) for k in SwitchOptions.field_names() if k in kwargs}
         super().__init__(**kwargs)
-        if dispatch not in dispatch_lib.DISPATCH_METHODS:
-            raise ValueError(
-                "Invalid value received for argument `dispatch`. Expected one of "
-                f"{dispatch_lib.DISPATCH_METHODS}. Received: dispatch={dispatch!r}"
-            )
-        if group_size is not None and (
-            not isinstance(group_size, int) or group_size < 1
-        ):
-            raise ValueError(
-                "Invalid value received for argument `group_size`. Expected a "
-                f"positive int or None. Received: group_size={group_size!r}"
-            )
-        self.group_size = group_size
-        self.dispatch = dispatch
+        self.options = SwitchOptions.from_config(options).replace(**given)
+        self.group_size = self.options.group_size
+        self.dispatch = self.options.dispatch
         self.supports_masking = True
+        router_options = self.options.router_options().to_config()
         self.router = SwitchRouter(
             num_experts,
             kernel_initializer=kernel_initializer,
+            causal=causal,
+            seed=seed,
             dtype=self.dtype_policy,
             name=f"{self.name}_router",
-            **router_kwargs,
+            **router_options,
         )
-        self.experts = ExpertFFN(
+        expert_class = ExpertFFN
+        if self.options.expert_parallel:
+            # Explicitly switched on: only then is the distribution code loaded.
+            from tf_switch.distribute.expert_parallel import ExpertParallelFFN
+
+            expert_class = ExpertParallelFFN
+        self.experts = expert_class(
             num_experts,
             intermediate_dim,
             activation=activation,
             expert_dropout=expert_dropout,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
-            expert_parallel=expert_parallel,
             dtype=self.dtype_policy,
             name="experts",
         )
@@ -232,7 +226,6 @@ class SwitchFFN(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         router_config = self.router.get_config()
-        config.update({k: router_config[k] for k in ROUTER_ARGUMENTS})
         config.update(
             {
                 "num_experts": self.router.num_experts,
@@ -240,10 +233,10 @@ class SwitchFFN(keras.layers.Layer):
                 "activation": self.experts.activation,
                 "expert_dropout": self.experts.expert_dropout,
                 "use_bias": self.experts.use_bias,
-                "group_size": self.group_size,
-                "dispatch": self.dispatch,
                 "kernel_initializer": router_config["kernel_initializer"],
-                "expert_parallel": self.experts.expert_parallel,
+                "causal": self.router.causal,
+                "seed": self.router.seed,
+                **self.options.to_config(),
             }
         )
         return config

@@ -6,16 +6,7 @@ import tensorflow as tf
 from tf_switch import routing
 from tf_switch.initializers import SwitchInitializer
 from tf_switch.layers.router_metrics import RouterMetrics
-
-ROUTING_METHODS = ("tokens_choose", "experts_choose")
-
-
-def _check_capacity_factor(name, value):
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected a positive "
-            f"float, or None for dropless routing. Received: {name}={value!r}"
-        )
+from tf_switch.options import RouterOptions
 
 
 @keras.saving.register_keras_serializable(package="tf_switch")
@@ -118,36 +109,22 @@ class SwitchRouter(keras.layers.Layer):
                 "Invalid value received for argument `num_experts`. Expected an "
                 f"int >= 2. Received: num_experts={num_experts!r}"
             )
-        if routing not in ROUTING_METHODS:
-            raise ValueError(
-                "Invalid value received for argument `routing`. Expected one of "
-                f"{ROUTING_METHODS}. Received: routing={routing!r}"
-            )
-        if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
+        options = RouterOptions(
+            top_k=top_k,
+            routing=routing,
+            capacity_factor=capacity_factor,
+            eval_capacity_factor=eval_capacity_factor,
+            min_capacity=min_capacity,
+            batch_prioritized_routing=batch_prioritized_routing,
+            jitter_noise=jitter_noise,
+            load_balance_loss_weight=load_balance_loss_weight,
+            router_z_loss_weight=router_z_loss_weight,
+            per_expert_metrics=per_expert_metrics,
+        )
+        if top_k > num_experts:
             raise ValueError(
                 "Invalid value received for argument `top_k`. Expected an int in "
                 f"[1, num_experts={num_experts}]. Received: top_k={top_k!r}"
-            )
-        if routing == "experts_choose" and top_k != 1:
-            raise ValueError(
-                "`top_k` applies to tokens-choose routing only; with "
-                f"routing='experts_choose' leave it at 1. Received: top_k={top_k}"
-            )
-        _check_capacity_factor("capacity_factor", capacity_factor)
-        _check_capacity_factor("eval_capacity_factor", eval_capacity_factor)
-        if routing == "experts_choose" and None in (
-            capacity_factor,
-            eval_capacity_factor,
-        ):
-            raise ValueError(
-                "Expert-choice routing needs a capacity factor: with None every "
-                "expert would take every token. Received: capacity_factor="
-                f"{capacity_factor}, eval_capacity_factor={eval_capacity_factor}"
-            )
-        if not isinstance(min_capacity, int) or min_capacity < 1:
-            raise ValueError(
-                "Invalid value received for argument `min_capacity`. Expected a "
-                f"positive int. Received: min_capacity={min_capacity!r}"
             )
         if causal and routing == "experts_choose":
             raise ValueError(
@@ -162,20 +139,7 @@ class SwitchRouter(keras.layers.Layer):
                 "leaks the future in a causal model. Use "
                 "batch_prioritized_routing=False with causal=True."
             )
-        if not 0.0 <= jitter_noise < 1.0:
-            raise ValueError(
-                "Invalid value received for argument `jitter_noise`. Expected a "
-                f"float in [0, 1). Received: jitter_noise={jitter_noise!r}"
-            )
-        for name, value in (
-            ("load_balance_loss_weight", load_balance_loss_weight),
-            ("router_z_loss_weight", router_z_loss_weight),
-        ):
-            if value < 0:
-                raise ValueError(
-                    f"Invalid value received for argument `{name}`. Expected a "
-                    f"float >= 0. Received: {name}={value!r}"
-                )
+        self.options = options
         self.num_experts = num_experts
         self.top_k = top_k
         self.routing = routing
@@ -294,17 +258,8 @@ class SwitchRouter(keras.layers.Layer):
         config.update(
             {
                 "num_experts": self.num_experts,
-                "top_k": self.top_k,
-                "routing": self.routing,
-                "capacity_factor": self.capacity_factor,
-                "eval_capacity_factor": self.eval_capacity_factor,
-                "min_capacity": self.min_capacity,
-                "batch_prioritized_routing": self.batch_prioritized_routing,
+                **self.options.to_config(),
                 "causal": self.causal,
-                "jitter_noise": self.jitter_noise,
-                "load_balance_loss_weight": self.load_balance_loss_weight,
-                "router_z_loss_weight": self.router_z_loss_weight,
-                "per_expert_metrics": self.per_expert_metrics,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from tf_switch.options import SwitchOptions
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -23,8 +25,9 @@ class ModelConfig:
         expert_dropout: dropout inside the FFNs.
         activation: FFN activation, `"relu"`, `"gelu"` or `"gated-gelu"`.
         tie_embeddings: share the token embedding with the output projection.
-        switch_options: further `SwitchFFN` arguments (capacity factors,
-            `group_size`, `top_k`, `dispatch`, loss weights, jitter, ...).
+        switch_options: the Switch FFNs' `tf_switch.options.SwitchOptions`
+            (capacity factors, `group_size`, `top_k`, `dispatch`, loss
+            weights, jitter, ...); a dict of its fields is converted.
 
     Example:
 
@@ -46,9 +49,13 @@ class ModelConfig:
     expert_dropout: float = 0.0
     activation: str = "relu"
     tie_embeddings: bool = True
-    switch_options: dict = dataclasses.field(default_factory=dict)
+    switch_options: SwitchOptions = SwitchOptions()
 
     def __post_init__(self):
+        # Frozen: set the converted value the way dataclasses do.
+        object.__setattr__(
+            self, "switch_options", SwitchOptions.from_config(self.switch_options)
+        )
         if self.sparse_every < 1:
             raise ValueError(
                 "Invalid value received for `sparse_every`. Expected an int >= 1. "
@@ -69,7 +76,9 @@ class ModelConfig:
     def dense_twin(self):
         """The same model with every Switch FFN replaced by a dense FFN of the
         same width: equal FLOPs per token for top-1 routing."""
-        return dataclasses.replace(self, num_experts=None, switch_options={})
+        return dataclasses.replace(
+            self, num_experts=None, switch_options=SwitchOptions()
+        )
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -90,7 +99,7 @@ def _switch_base(num_experts):
         num_experts=num_experts,
         sparse_every=2,
         dropout=0.1,
-        switch_options={"group_size": 4096},
+        switch_options=SwitchOptions(group_size=4096),
     )
 
 
@@ -106,7 +115,7 @@ PRESETS = {
         num_experts=8,
         sparse_every=2,
         dropout=0.1,
-        switch_options={"group_size": 1024},
+        switch_options=SwitchOptions(group_size=1024),
     ),
     "switch-base-8": _switch_base(8),
     "switch-base-32": _switch_base(32),

@@ -23,7 +23,7 @@ def parameter_and_flop_counts(config):
     ffn_flops = 2 * ffn_parameters
     attention_parameters = 4 * d * d + 4 * d  # q, k, v, output kernels and biases
     attention_flops = 2 * 4 * d * d + 2 * 2 * config.sequence_length * d
-    top_k = config.switch_options.get("top_k", 1)
+    top_k = config.switch_options.top_k
 
     parameters = config.vocab_size * d + config.sequence_length * d + 2 * d
     if not config.tie_embeddings:
