@@ -47,6 +47,14 @@ class TrainConfig:
     experts: int | None = _field(
         None, "experts per Switch FFN; 0: the dense twin (default: the preset's)"
     )
+    sparse_every: int | None = _field(
+        None,
+        "a Switch FFN in every this-many-th block; 1: every block (default: the "
+        "preset's)",
+    )
+    top_k: int | None = _field(
+        None, "experts per token (1 is Switch; default: the preset's)"
+    )
     capacity_factor: float | str | None = _field(
         None,
         f"training capacity factor, or '{DROPLESS}' for dropless routing "
@@ -75,6 +83,11 @@ class TrainConfig:
     epochs: int = _field(3, "training epochs")
     steps_per_epoch: int | None = _field(None, "cap on batches per epoch")
     validation_steps: int = _field(20, "validation batches per epoch")
+    eval_every: int | None = _field(
+        None,
+        "also evaluate the validation batches every this many steps, into "
+        "validation_curve.csv (for quality-per-step curves)",
+    )
     batch_size: int = _field(32, "sequences per batch")
     sequence_length: int | None = _field(
         None, "tokens per sequence (default: the preset's)"
@@ -129,6 +142,7 @@ class TrainConfig:
     def switch_overrides(self):
         """The `SwitchOptions` fields this run sets (None: keep the preset's)."""
         overrides = {
+            "top_k": self.top_k,
             "capacity_factor": self.capacity_factor,
             "eval_capacity_factor": self.eval_capacity_factor,
             "group_size": self.group_size,

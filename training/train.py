@@ -11,7 +11,8 @@ Writes to --output (the chief alone when several workers train together):
 `backup/` (BackupAndRestore: rerun the same command after a crash or `kill -9`
 to resume), `tensorboard/`, `vocab.txt`, `model.keras`,
 `serving/switch/<version>/` (a SavedModel for TF Serving), `history.csv`,
-`expert_load.json`, `loss.png`, `expert_load.png` and `sample.txt`.
+`expert_load.json`, `loss.png`, `expert_load.png` and `sample.txt` (and
+`validation_curve.csv` with --eval-every).
 """
 
 import csv
@@ -45,6 +46,7 @@ from .config import TrainConfig, parse_args
 from .data import EpochOrderedWindows
 from .generate import generate_ids
 from .progress import ConciseProgbar
+from .validation_curve import ValidationCurve
 
 logger = logging.getLogger("training")
 
@@ -59,6 +61,8 @@ def build_model_config(config, vocab_size):
         model_config = model_config.replace(sequence_length=config.sequence_length)
     if config.experts is not None:
         model_config = model_config.replace(num_experts=config.experts or None)
+    if config.sparse_every is not None:
+        model_config = model_config.replace(sparse_every=config.sparse_every)
     if model_config.num_experts is None:
         return model_config.dense_twin()
     return model_config.replace(
@@ -235,6 +239,14 @@ def train(config, strategy=None):
         ConciseProgbar(),
         *(chief_callbacks(config, load_recorder) if chief else []),
     ]
+    if config.eval_every and chief:
+        callbacks.append(
+            ValidationCurve(
+                validation_windows.dataset(),
+                config.eval_every,
+                os.path.join(config.output, "validation_curve.csv"),
+            )
+        )
     model.fit(
         train_windows.dataset(),
         validation_data=validation_windows.dataset(),

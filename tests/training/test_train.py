@@ -121,6 +121,19 @@ def test_unknown_config_keys_are_refused(tmp_path):
         parse_args(["--config", str(config)])
 
 
+def test_validation_curve_every_k_steps_leaves_training_unchanged(corpus_dir, tmp_path):
+    plain = train(_config(corpus_dir, tmp_path / "plain", epochs=1))
+    curved = train(_config(corpus_dir, tmp_path / "curve", epochs=1, eval_every=4))
+    for a, b in zip(plain.get_weights(), curved.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with open(tmp_path / "curve" / "validation_curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 4]
+    assert float(rows[1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert 0 < float(rows[1]["train_seconds"])
+    assert not (tmp_path / "plain" / "validation_curve.csv").exists()
+
+
 def test_flags_override_the_preset_only_when_given():
     preset = build_model_config(TrainConfig(), vocab_size=100).switch_options
     assert preset == SwitchOptions(group_size=1024)  # the tiny preset's
