@@ -10,6 +10,14 @@
 - `status_json`, `metadata_json`: the bodies of `GET /v1/models/NAME` and
   `GET .../metadata`.
 
+Parsing follows rapidjson as json_tensor.cc calls it (`kParseNanAndInfFlag`,
+an `EncodedInputStream<UTF8>`): a UTF-8 byte order mark before the document
+is skipped, `NaN` and `Infinity` are numbers, a number beyond a double
+(`1e999`, a 400-digit integer) is 400 "Number too big to be stored in
+double", a lone UTF-16 surrogate escape (`"\\ud800"`) is 400 "The surrogate
+pair in string is invalid", and of duplicate keys the first counts
+(rapidjson's `FindMember` returns the first match).
+
 Where this is stricter than TF Serving, on purpose: the body must be UTF-8
 (RFC 8259; rapidjson would pass invalid bytes into a string tensor) and JSON
 nesting is bounded (`MAX_DEPTH`; json_tensor.cc has a TODO about deep
@@ -20,6 +28,8 @@ import base64
 import binascii
 import json
 import math
+import re
+import sys
 
 import numpy as np
 
@@ -135,13 +145,76 @@ def to_array(value, dtype, where):
     return array.reshape(shape)
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+# A \uD800-\uDFFF escape: the only way a JSON text holds a surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_MAX_DOUBLE_INT = int(sys.float_info.max)
+
+
+def _too_big(text):
+    shown = text if len(text) <= 40 else text[:20] + "..." + text[-10:]
+    return invalid(f"JSON Parse error: Number too big to be stored in double: {shown}")
+
+
+def _parse_float(text):
+    number = float(text)
+    if math.isinf(number):  # rapidjson: kParseErrorNumberTooBig
+        raise _too_big(text)
+    return number
+
+
+def _parse_int(text):
+    # rapidjson keeps integers that fit 64 bits and stores larger ones as
+    # doubles, so an integer is too big only past DBL_MAX (309 digits).
+    if len(text.lstrip("-")) > 309 or abs(int(text)) > _MAX_DOUBLE_INT:
+        raise _too_big(text)
+    return int(text)
+
+
+def _first_key_wins(pairs):
+    obj = {}
+    for key, value in pairs:
+        obj.setdefault(key, value)
+    return obj
+
+
+def _check_surrogates(document):
+    """INVALID_ARGUMENT if a string or key of `document` holds a lone
+    surrogate (rapidjson: kParseErrorStringUnicodeSurrogateInvalid); such a
+    string cannot become UTF-8 bytes."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise invalid(
+                    "JSON Parse error: The surrogate pair in string is invalid "
+                    f"({json.dumps(value[:40])}); a \\uD800-\\uDFFF escape "
+                    "must be half of a surrogate pair."
+                ) from None
+
+
 def parse_json(body):
     """The JSON object of a request body; INVALID_ARGUMENT if it is not one."""
+    if isinstance(body, bytes) and body.startswith(_UTF8_BOM):
+        body = body[len(_UTF8_BOM) :]  # rapidjson's EncodedInputStream skips it
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
-        request = json.loads(text)
+        request = json.loads(
+            text,
+            object_pairs_hook=_first_key_wins,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+        )
     except RecursionError:
         raise invalid(
             "JSON Parse error: the document is nested too deeply "
@@ -156,6 +229,8 @@ def parse_json(body):
         raise invalid(f"JSON Parse error: {error}") from None
     if not isinstance(request, dict):
         raise invalid("JSON Value: the request body Is not object")
+    if _SURROGATE_ESCAPE.search(text):
+        _check_surrogates(request)
     return request
 
 
@@ -237,7 +312,10 @@ def _parse_columns(columns, dtypes):
 # --- tensors -> JSON --------------------------------------------------------------
 
 
-def _jsonable(array, as_bytes):
+def jsonable(array, as_bytes):
+    """`array` as nested lists of JSON values (strings: UTF-8 text, or
+    `{"b64": ...}` when `as_bytes` or not UTF-8)."""
+    array = np.asarray(array)
     if array.dtype.kind in "SOU":
 
         def encode(value):
@@ -252,23 +330,18 @@ def _jsonable(array, as_bytes):
 
         if array.ndim == 0:
             return encode(array.item())
+        if array.size == 0:
+            return array.tolist()
         return np.vectorize(encode, otypes=[object])(array).tolist()
     return array.tolist()
 
 
-def format_outputs(outputs, row_format):
-    names = sorted(outputs)
-    values = {
-        name: _jsonable(np.asarray(outputs[name]), name.endswith("_bytes"))
-        for name in names
-    }
-    if not row_format:
-        if len(names) == 1:
-            return {"outputs": values[names[0]]}
-        return {"outputs": values}
+def check_row_outputs(arrays):
+    """The batch size the row format needs; 400 if an output has none or
+    the outputs disagree (json_tensor.cc MakeJsonFromTensors)."""
     sizes = set()
-    for name in names:
-        array = np.asarray(outputs[name])
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
         if array.ndim == 0:
             raise invalid(f"Tensor name: {name} has no shape information ")
         sizes.add(array.shape[0])
@@ -277,9 +350,24 @@ def format_outputs(outputs, row_format):
             "Tensor name: outputs have inconsistent batch sizes "
             f"{sorted(sizes)}; the row format needs one."
         )
+    return sizes.pop()
+
+
+def format_outputs(outputs, row_format):
+    """The answer as one JSON value (`serving.responses.json_pieces` encodes
+    the same in pieces, within a budget)."""
+    names = sorted(outputs)
+    values = {
+        name: jsonable(np.asarray(outputs[name]), name.endswith("_bytes"))
+        for name in names
+    }
+    if not row_format:
+        if len(names) == 1:
+            return {"outputs": values[names[0]]}
+        return {"outputs": values}
+    size = check_row_outputs(outputs)
     if len(names) == 1:
         return {"predictions": values[names[0]]}
-    (size,) = sizes
     return {
         "predictions": [{name: values[name][i] for name in names} for i in range(size)]
     }
