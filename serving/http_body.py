@@ -24,6 +24,8 @@ evhttp_server.cc`) and RFC 9112 where libevent is lax:
 import re
 
 MAX_DRAIN_BYTES = 1 << 30  # what a refused body may still send: 1 GiB
+LINGER_S = 1.0  # lingering close: how long to read what a client still sends
+LINGER_BYTES = 1 << 20
 _READ_CHUNK = 1 << 16
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
@@ -175,6 +177,26 @@ def drain(rfile, error):
                 return False
             pending = int(match.group(1), 16)
             if pending == 0:
-                return True  # trailers, if any, go with the connection
+                for _ in range(_MAX_TRAILERS):
+                    if _line(rfile) in (b"\r\n", b"\n"):
+                        return True
+                return False
     except HttpError:  # the client ended its side: nothing more to read
         return False
+
+
+def linger(sock):
+    """Reads and discards what the client still sends, after this side has
+    shut down writing, until EOF, LINGER_S or LINGER_BYTES (Apache's
+    lingering close): closing a socket with unread data sends a reset,
+    which can destroy the answer before the client reads it."""
+    try:
+        sock.settimeout(LINGER_S)
+        left = LINGER_BYTES
+        while left > 0:
+            data = sock.recv(min(left, _READ_CHUNK))
+            if not data:
+                return
+            left -= len(data)
+    except OSError:  # a timeout or a reset: close anyway
+        return

@@ -112,10 +112,8 @@ class ResponseBudget:
         self.encoding = encoding
 
     def _check(self, sizes, loaded, when):
-        if self.max_bytes is None:
-            return
         total = sum(size for size, *_ in sizes) + _OVERHEAD
-        if total <= self.max_bytes:
+        if self.max_bytes is None or total <= self.max_bytes:
             return
         kind = "JSON" if self.encoding == "json" else "TensorProto data"
         hint = ""
@@ -166,6 +164,18 @@ class ResponseBudget:
 
     def check_outputs(self, outputs, loaded=None, row_format=False):
         """INVALID_ARGUMENT if these outputs (numpy arrays) do not fit."""
+        self._check(
+            self._output_sizes(outputs, row_format), loaded, "nothing was encoded."
+        )
+
+    def estimate(self, outputs, row_format=False):
+        """The bytes these outputs count for (at least what they encode to)."""
+        return (
+            sum(size for size, *_ in self._output_sizes(outputs, row_format))
+            + _OVERHEAD
+        )
+
+    def _output_sizes(self, outputs, row_format):
         sizes = []
         for name, value in sorted(outputs.items()):
             array = np.asarray(value)
@@ -175,7 +185,7 @@ class ResponseBudget:
             dtype = "string" if strings is not None else array.dtype.name
             size = _size(name, array.shape, dtype, self.encoding, row_format, strings)
             sizes.append((size, name, array.shape, dtype))
-        self._check(sizes, loaded, "nothing was encoded.")
+        return sizes
 
 
 def _blocks(array, as_bytes):

@@ -40,6 +40,7 @@ import http.server
 import json
 import logging
 import re
+import socket
 import sys
 import urllib.parse
 
@@ -281,6 +282,15 @@ class ModelServer(http.server.ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.connections.release()
+
+    def shutdown_request(self, request):
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already gone
+        else:
+            http_body.linger(request)
+        self.close_request(request)
 
     def handle_error(self, request, client_address):
         error = sys.exc_info()[1]

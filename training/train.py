@@ -105,7 +105,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--data", help="UTF-8 text file or folder (default: Shakespeare)"
     )
-    parser.add_argument("--vocab-size", type=int, default=2000)
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=2000,
+        help="largest WordPiece vocabulary; the learner may stop a little below",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-tokens", type=int, default=120)
     parser.add_argument("--prompt", default="ROMEO:")
@@ -156,10 +161,14 @@ def load_tokenizer(corpus, args, chief=True):
     path = os.path.join(args.output, "vocab.txt")
     if os.path.exists(path):
         return text.WordPieceTokenizer(path)
-    logger.info("Building a %d-token WordPiece vocabulary ...", args.vocab_size)
+    logger.info(
+        "Building a WordPiece vocabulary of at most %d tokens ...", args.vocab_size
+    )
     tokenizer = text.WordPieceTokenizer(
         text.build_vocabulary([corpus.train], vocab_size=args.vocab_size)
     )
+    # The learner stops below the target (1,957 of 2,000 on Shakespeare).
+    logger.info("Vocabulary: %d tokens.", tokenizer.vocab_size)
     if chief:
         temporary = path + ".tmp"
         tokenizer.save_vocabulary(temporary)
