@@ -32,7 +32,7 @@ from tests.tiny_export import LENGTH
 
 CLIENTS = 8
 SECONDS = 30
-RSS_GROWTH_BOUND = 768 << 20  # 8 slots x (13 MB of JSON + its pieces) + bodies
+RSS_GROWTH_BOUND = 512 << 20  # 2 x (8 slots x (16 MiB JSON + 8 MiB) + 64 x 1 MiB)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PATH = f"/v1/models/{NAME}:predict"
 
