@@ -67,3 +67,11 @@ def test_a_busy_port_is_refused(served, exported):
     # gRPC's SO_REUSEPORT let a second server bind the port silently.
     with pytest.raises(OSError, match="could not bind"):
         make_grpc_server(exported["model_dir"], NAME, port=served.port, poll_s=0)
+
+
+def test_the_grpc_client_takes_answers_over_4_mib(served):
+    from serving.grpc_client import GrpcClient
+
+    with GrpcClient(f"127.0.0.1:{served.port}", NAME, timeout=TIMEOUT) as client:
+        outputs = client.predict({"token_ids": random_token_ids(900, LENGTH)})
+    assert outputs["logits"].shape == (900, LENGTH, 108)
