@@ -10,13 +10,18 @@ several models, `model_version_policy`, `version_labels`; relative
 `--allow_version_labels_for_unavailable_models`.
 """
 
+import errno
 import logging
 import os
 
 from . import configs
+from .connections import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from .limits import DEFAULT_MAX_CONCURRENT, DEFAULT_REQUEST_TIMEOUT_S
 from .models import DEFAULT_POLL_S, ModelManager, ServerCore, VersionPolicy
+from .responses import DEFAULT_MAX_RESPONSE_BYTES
 from .status import ServingError
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # a REST body or a gRPC request message
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,45 @@ def add_endpoint_flags(parser, port):
     parser.add_argument("--max_concurrent", type=int, default=DEFAULT_MAX_CONCURRENT)
     parser.add_argument(
         "--request_timeout_s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S
+    )
+    parser.add_argument(
+        "--max_body_bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request: REST body, gRPC message (default 1 MiB)",
+    )
+    parser.add_argument(
+        "--max_response_bytes",
+        type=int,
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        help="largest answer: JSON text, gRPC tensor data (default 16 MiB)",
+    )
+
+
+def add_rest_flags(parser):
+    """The REST server's connection limits."""
+    parser.add_argument(
+        "--max_connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections at most; 503 beyond (default 64)",
+    )
+    parser.add_argument(
+        "--idle_timeout_s",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        help="close a connection after this long without a byte (default 50)",
+    )
+
+
+def bind_failure(host, port, error):
+    """The message of a server that cannot listen at host:port."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.EADDRINUSE:
+        reason = "the address is already in use (another server on that port?)"
+    return (
+        f"Failed to start server: cannot listen on {host}:{port}: {reason}. "
+        "Stop the other server or pass another --port.\n"
     )
 
 

@@ -10,14 +10,25 @@ from .client_base import DEFAULT_SIGNATURE, BaseClient, ServingClientError
 class GrpcClient(BaseClient):
     """A client of TF Serving's gRPC `PredictionService` and `ModelService`."""
 
-    def __init__(self, target="127.0.0.1:8500", model_name="switch", timeout=10):
+    def __init__(
+        self,
+        target="127.0.0.1:8500",
+        model_name="switch",
+        timeout=10,
+        max_receive_message_bytes=(1 << 31) - 1,
+    ):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         self.target = target
         self.model_name = model_name
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target)
+        # gRPC's client default is 4 MiB; TF Serving sends up to INT32_MAX and
+        # the local server up to its --max_response_bytes.
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.max_receive_message_length", max_receive_message_bytes)],
+        )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self):

@@ -20,9 +20,15 @@ unknown signature FAILED_PRECONDITION; wrong input names, wrong dtypes,
 unknown output aliases and inputs the graph rejects (e.g. token ids out of
 range) are INVALID_ARGUMENT. The limits are the REST server's
 (`serving.limits`): at most `max_concurrent` predictions run (UNAVAILABLE
-"server busy" beyond), each within `request_timeout_s` or the client's
-deadline, whichever is shorter (DEADLINE_EXCEEDED). Messages are cleaned of
-stacks, node names and paths.
+"server busy" beyond), each checked, run and turned into its response within
+`request_timeout_s` or the client's deadline, whichever is shorter
+(DEADLINE_EXCEEDED). Message sizes are set on purpose, not left at gRPC's
+4 MiB default (TF Serving raises both to INT32_MAX, server.cc): a request
+message up to `max_body_bytes` (REST's body limit, 1 MiB; gRPC answers
+RESOURCE_EXHAUSTED past it) and an answer within `max_response_bytes` (the
+REST budget, 16 MiB of tensor data, `serving.responses`; INVALID_ARGUMENT
+with the sizes, before running when the signature's shapes tell, and before
+any response is built). Messages are cleaned of stacks, node names and paths.
 
 In process (tests): `server, port = make_grpc_server(model_dir, name, port=0)` (the
 server is started), then `server.stop(None)`; `server.core.stop()` ends the
@@ -31,6 +37,7 @@ version polling.
 
 import argparse
 import concurrent.futures
+import errno
 import logging
 
 import grpc
@@ -42,12 +49,13 @@ from .limits import (
     RequestLimiter,
 )
 from .models import DEFAULT_POLL_S
+from .responses import DEFAULT_MAX_RESPONSE_BYTES, ResponseBudget
 from .status import ServingError, invalid, public_message
 
 logger = logging.getLogger(__name__)
 
-# A little over the REST server's 1 MiB body limit: tensors travel packed.
-DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+# A response's envelope around its tensor data: model spec, keys, shapes.
+_RESPONSE_ENVELOPE_BYTES = 64 << 10
 
 
 def _model_spec(spec):
@@ -72,17 +80,28 @@ def _call(method, request, context):
 class PredictionServicer:
     """`PredictionService` over a `ServerCore` (Predict, GetModelMetadata)."""
 
-    def __init__(self, core, limiter):
+    def __init__(self, core, limiter, budget=None):
         self.core = core
         self.limiter = limiter
+        self.budget = budget or ResponseBudget(None, "proto")
 
     def _predict(self, request, context):
         loaded = self.core.get(*_model_spec(request.model_spec))
+        budget = self.budget
 
-        def run(fn, *args):
-            return self.limiter.run(fn, *args, timeout_s=context.time_remaining())
+        def work():  # checked, run and made into a response within one slot
+            signature_name, inputs, wanted = predict.check_request(request, loaded)
+            budget.check_before_run(
+                loaded, signature_name, inputs, output_names=set(wanted)
+            )
+            outputs = loaded.run(signature_name, inputs)
+            outputs = {alias: outputs[alias] for alias in wanted}
+            budget.check_outputs(outputs, loaded)
+            return predict.make_response(
+                request.model_spec.name, loaded, signature_name, outputs, wanted
+            )
 
-        return predict.run_request(request, loaded, run=run)
+        return self.limiter.run(work, timeout_s=context.time_remaining())
 
     def Predict(self, request, context):  # noqa: N802
         return _call(self._predict, request, context)
@@ -158,7 +177,8 @@ def make_grpc_server(
     max_concurrent=DEFAULT_MAX_CONCURRENT,
     request_timeout_s=DEFAULT_REQUEST_TIMEOUT_S,
     poll_s=DEFAULT_POLL_S,
-    max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+    max_body_bytes=flags.DEFAULT_MAX_BODY_BYTES,
+    max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
     start=True,
     core=None,
     **core_options,
@@ -167,8 +187,10 @@ def make_grpc_server(
 
     As `serving.server.make_server`: loads the model now (or serves `core`),
     polls for versions every `poll_s` seconds, and limits predictions to
-    `max_concurrent` at a time within `request_timeout_s`. The server is
-    started unless `start=False`; `server.core` is the `ServerCore`.
+    `max_concurrent` at a time within `request_timeout_s`, request messages
+    to `max_body_bytes` and answers to `max_response_bytes`. The server is
+    started unless `start=False`; `server.core` is the `ServerCore`. Raises
+    OSError (the core released) if the address cannot be bound.
     """
     from tensorflow_serving.apis import (
         model_service_pb2_grpc,
@@ -186,13 +208,21 @@ def make_grpc_server(
             max_workers=max_concurrent + 4, thread_name_prefix="grpc"
         ),
         options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_body_bytes),
+            # The budget check answers first; this is gRPC's own backstop.
+            (
+                "grpc.max_send_message_length",
+                min(max_response_bytes + _RESPONSE_ENVELOPE_BYTES, (1 << 31) - 1),
+            ),
+            # Without this a second server binds a busy port silently
+            # (SO_REUSEPORT) and never sees a request.
+            ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=4 * (max_concurrent + 4),
     )
+    budget = ResponseBudget(max_response_bytes, "proto")
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, limiter), server
+        PredictionServicer(core, limiter, budget), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(core), server
@@ -205,7 +235,7 @@ def make_grpc_server(
         limiter.shutdown()
         if owns_core:
             core.stop()
-        raise OSError(f"Could not bind a gRPC port at {host}:{port}.")
+        raise OSError(errno.EADDRINUSE, f"gRPC could not bind {host}:{port} (in use?)")
     server.core = core
     server.limiter = limiter
     if start:
@@ -221,13 +251,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     core = flags.core_from_args(args, parser)
-    server, port = make_grpc_server(
-        host=args.host,
-        port=args.port,
-        max_concurrent=args.max_concurrent,
-        request_timeout_s=args.request_timeout_s,
-        core=core,
-    )
+    try:
+        server, port = make_grpc_server(
+            host=args.host,
+            port=args.port,
+            max_concurrent=args.max_concurrent,
+            request_timeout_s=args.request_timeout_s,
+            max_body_bytes=args.max_body_bytes,
+            max_response_bytes=args.max_response_bytes,
+            core=core,
+        )
+    except OSError as error:
+        core.stop()
+        parser.exit(1, flags.bind_failure(args.host, args.port, error))
     logger.info("gRPC at %s:%d (%s)", args.host, port, ", ".join(core.models))
     try:
         server.wait_for_termination()

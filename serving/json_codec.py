@@ -10,10 +10,7 @@
 - `status_json`, `metadata_json`: the bodies of `GET /v1/models/NAME` and
   `GET .../metadata`.
 
-Where this is stricter than TF Serving, on purpose: the body must be UTF-8
-(RFC 8259; rapidjson would pass invalid bytes into a string tensor) and JSON
-nesting is bounded (`MAX_DEPTH`; json_tensor.cc has a TODO about deep
-nesting overflowing its recursive parser). Both are a 400.
+The body is read as rapidjson reads it (`serving.json_parse`).
 """
 
 import base64
@@ -23,11 +20,9 @@ import math
 
 import numpy as np
 
+from .json_parse import MAX_DEPTH, parse_json
 from .saved_model import DEFAULT_SIGNATURE
 from .status import ServingError, invalid
-
-# TensorShape's maximum rank; deeper JSON lists cannot be a tensor.
-MAX_DEPTH = 254
 
 _INT_RANGES = {
     "int8": (-(1 << 7), (1 << 7) - 1),
@@ -135,30 +130,6 @@ def to_array(value, dtype, where):
     return array.reshape(shape)
 
 
-def parse_json(body):
-    """The JSON object of a request body; INVALID_ARGUMENT if it is not one."""
-    if not body:
-        raise invalid("JSON Parse error: The document is empty")
-    try:
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-        request = json.loads(text)
-    except RecursionError:
-        raise invalid(
-            "JSON Parse error: the document is nested too deeply "
-            f"(a tensor has at most {MAX_DEPTH} dimensions)."
-        ) from None
-    except UnicodeDecodeError as error:
-        raise invalid(
-            f"JSON Parse error: the body is not valid UTF-8 ({error.reason} at "
-            f"offset {error.start})."
-        ) from None
-    except ValueError as error:
-        raise invalid(f"JSON Parse error: {error}") from None
-    if not isinstance(request, dict):
-        raise invalid("JSON Value: the request body Is not object")
-    return request
-
-
 def parse_predict(body, loaded):
     """(signature_name, numpy inputs, row_format) of a predict request body."""
     request = parse_json(body)
@@ -237,7 +208,10 @@ def _parse_columns(columns, dtypes):
 # --- tensors -> JSON --------------------------------------------------------------
 
 
-def _jsonable(array, as_bytes):
+def jsonable(array, as_bytes):
+    """`array` as nested lists of JSON values (strings: UTF-8 text, or
+    `{"b64": ...}` when `as_bytes` or not UTF-8)."""
+    array = np.asarray(array)
     if array.dtype.kind in "SOU":
 
         def encode(value):
@@ -252,23 +226,18 @@ def _jsonable(array, as_bytes):
 
         if array.ndim == 0:
             return encode(array.item())
+        if array.size == 0:
+            return array.tolist()
         return np.vectorize(encode, otypes=[object])(array).tolist()
     return array.tolist()
 
 
-def format_outputs(outputs, row_format):
-    names = sorted(outputs)
-    values = {
-        name: _jsonable(np.asarray(outputs[name]), name.endswith("_bytes"))
-        for name in names
-    }
-    if not row_format:
-        if len(names) == 1:
-            return {"outputs": values[names[0]]}
-        return {"outputs": values}
+def check_row_outputs(arrays):
+    """The batch size the row format needs; 400 if an output has none or
+    the outputs disagree (json_tensor.cc MakeJsonFromTensors)."""
     sizes = set()
-    for name in names:
-        array = np.asarray(outputs[name])
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
         if array.ndim == 0:
             raise invalid(f"Tensor name: {name} has no shape information ")
         sizes.add(array.shape[0])
@@ -277,9 +246,24 @@ def format_outputs(outputs, row_format):
             "Tensor name: outputs have inconsistent batch sizes "
             f"{sorted(sizes)}; the row format needs one."
         )
+    return sizes.pop()
+
+
+def format_outputs(outputs, row_format):
+    """The answer as one JSON value (`serving.responses.json_pieces` encodes
+    the same in pieces, within a budget)."""
+    names = sorted(outputs)
+    values = {
+        name: jsonable(np.asarray(outputs[name]), name.endswith("_bytes"))
+        for name in names
+    }
+    if not row_format:
+        if len(names) == 1:
+            return {"outputs": values[names[0]]}
+        return {"outputs": values}
+    size = check_row_outputs(outputs)
     if len(names) == 1:
         return {"predictions": values[names[0]]}
-    (size,) = sizes
     return {
         "predictions": [{name: values[name][i] for name in names} for i in range(size)]
     }

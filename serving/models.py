@@ -28,6 +28,7 @@ and its aspired-versions manager, shared by REST and gRPC:
 
 import logging
 import os
+import re
 import threading
 
 from . import warmup
@@ -38,18 +39,41 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_POLL_S = 1.0
 
+# A version directory's name: ASCII digits that fit an int64. TF Serving parses
+# names with absl::SimpleAtoi (file_system_storage_path_source.cc
+# ParseVersionNumber), which takes ASCII digits only; str.isdigit() would also
+# take "²" (int() then raises) and "٥" (int() reads 5).
+_VERSION_NAME = re.compile(r"[0-9]{1,19}")
+MAX_VERSION = (1 << 63) - 1
+
+
+def version_number(name):
+    """The version a directory name stands for, or None if it is not one."""
+    if not _VERSION_NAME.fullmatch(name):
+        return None
+    number = int(name)
+    return number if number <= MAX_VERSION else None
+
+
+def version_dirs(model_dir):
+    """{version: directory name} of the version directories under `model_dir`
+    (TF Serving ignores other names); "7" wins over "007"."""
+    try:
+        names = sorted(os.listdir(model_dir), key=lambda name: (len(name), name))
+    except OSError:
+        return {}
+    dirs = {}
+    for name in names:
+        number = version_number(name)
+        if number is not None and number not in dirs:
+            if os.path.isdir(os.path.join(model_dir, name)):
+                dirs[number] = name
+    return dirs
+
 
 def available_versions(model_dir):
     """Integer version directories under `model_dir` (TF Serving ignores others)."""
-    try:
-        names = os.listdir(model_dir)
-    except OSError:
-        return []
-    return sorted(
-        int(name)
-        for name in names
-        if name.isdigit() and os.path.isdir(os.path.join(model_dir, name))
-    )
+    return sorted(version_dirs(model_dir))
 
 
 class VersionPolicy:
@@ -124,6 +148,7 @@ class ModelManager:
         self._states = {}
         self._labels = {}
         self._failed_at = {}  # version -> its files' fingerprint when it failed
+        self._dirs = {}  # version -> its directory's name ("7", or "007")
         self.reload()
         if not self._loaded:
             failed = [v for v, (_, code, _) in self._states.items() if code != "OK"]
@@ -142,7 +167,7 @@ class ModelManager:
     def _load(self, version):
         """Loads and warms up one version; True when it is AVAILABLE."""
         self._set_state(version, "LOADING")
-        export_dir = os.path.join(self.base_path, str(version))
+        export_dir = os.path.join(self.base_path, self._dir(version))
         try:
             loaded = LoadedVersion(export_dir, version)
             if self.enable_warmup:
@@ -163,9 +188,12 @@ class ModelManager:
         self._failed_at[version] = self._fingerprint(version)
         return False
 
+    def _dir(self, version):
+        return self._dirs.get(version, str(version))
+
     def _fingerprint(self, version):
         """(path, size, mtime) of every file under the version's directory."""
-        root = os.path.join(self.base_path, str(version))
+        root = os.path.join(self.base_path, self._dir(version))
         files = []
         for folder, _, names in os.walk(root):
             for name in names:
@@ -184,7 +212,8 @@ class ModelManager:
             True if the set of loaded versions changed.
         """
         with self._reload_lock:
-            aspired = self.policy.aspired(available_versions(self.base_path))
+            self._dirs = version_dirs(self.base_path)
+            aspired = self.policy.aspired(sorted(self._dirs))
             with self._lock:
                 loaded = set(self._loaded)
                 failed = {

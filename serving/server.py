@@ -14,11 +14,21 @@ policies and labels; see `serving.flags`) at
 with TF Serving's JSON typing (`serving.json_codec`), its error bodies
 (`{"error": "message"}`) and its status-code to HTTP mapping; any other
 method or path under /v1/ is a 400 "Malformed request: METHOD PATH"
-(http_rest_api_handler.cc). Safe defaults: binds 127.0.0.1, 1 MiB request
-bodies (413), at most 8 requests running (503 "server busy"), a 30 s deadline
-(504) (`serving.limits`). Versions are loaded, warmed up and swapped as
-`serving.models` describes; requests in flight keep the version they started
-with.
+(http_rest_api_handler.cc), a version that is not an int64 a 400 "Failed
+to convert version" (http_rest_api_util.cc). An absolute-form target
+(`POST http://host:port/v1/...`) is read by its path, as libevent does.
+
+Limits (docs/serving.md lists them next to TF Serving's): binds 127.0.0.1;
+request bodies up to `--max_body_bytes` (1 MiB; 413, read and discarded so
+the client sees it; framing per `serving.http_body`); answers up to
+`--max_response_bytes` (16 MiB of JSON, checked before running and before
+encoding, `serving.responses`); at most `--max_concurrent` predictions (8;
+503 "server busy"), each parsed, run and encoded within its slot and
+`--request_timeout_s` (30 s; 504); at most `--max_connections` open
+connections (64; 503 beyond, `serving.connections`), each closed after
+`--idle_timeout_s` (50 s, libevent's) without a byte. Versions are loaded,
+warmed up and swapped as `serving.models` describes; requests in flight
+keep the version they started with.
 
 In process (tests): `server = make_server(model_dir, name, port=0)`, then
 `threading.Thread(target=server.serve_forever, daemon=True).start()`,
@@ -30,37 +40,43 @@ import http.server
 import json
 import logging
 import re
+import socket
+import sys
 import urllib.parse
 
-from . import flags
-from .json_codec import (
-    format_outputs,
-    metadata_json,
-    parse_predict,
-    status_json,
+from . import flags, http_body
+from .connections import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionCap,
+    Refuser,
+    busy_response,
 )
+from .json_codec import metadata_json, parse_predict, status_json
 from .limits import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_REQUEST_TIMEOUT_S,
     RequestLimiter,
 )
-from .models import DEFAULT_POLL_S
+from .models import DEFAULT_POLL_S, MAX_VERSION
+from .responses import DEFAULT_MAX_RESPONSE_BYTES, ResponseBudget, json_pieces
 from .status import HTTP_STATUS, ServingError, invalid, public_message
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_BODY_BYTES = flags.DEFAULT_MAX_BODY_BYTES
 
-# http_rest_api_util.cc (case-insensitive).
+# http_rest_api_util.cc (case-insensitive; RE2's \d is ASCII [0-9] only).
 _PREDICT_RE = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(\w+)",
-    re.IGNORECASE,
+    r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(\w+)",
+    re.IGNORECASE | re.ASCII,
 )
 _STATUS_RE = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
     r"(?:/(metadata))?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
+_ABSOLUTE_FORM = re.compile(r"https?://", re.IGNORECASE)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -70,17 +86,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # the client's delayed ACK (~40 ms per keep-alive request on Linux).
     disable_nagle_algorithm = True
 
+    def setup(self):
+        # Every read and write of the connection: libevent drops a connection
+        # after its timeout (50 s) without a byte; http.server then closes it.
+        self.timeout = self.server.idle_timeout_s
+        super().setup()
+
     def log_message(self, format, *args):  # noqa: A002
         logger.debug("%s " + format, self.address_string(), *args)
 
-    def _send(self, code, payload):
-        body = json.dumps(payload).encode("utf-8")
+    def _send_pieces(self, code, pieces):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(p) for p in pieces)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":  # A HEAD answer has headers only.
-            self.wfile.write(body)
+            for piece in pieces:
+                self.wfile.write(piece)
+
+    def _send(self, code, payload):
+        self._send_pieces(code, [json.dumps(payload).encode("utf-8")])
 
     def _error(self, code, message):
         self._send(code, {"error": message})
@@ -89,48 +116,47 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._error(HTTP_STATUS.get(error.code, 500), public_message(error))
 
     def _path(self):
-        return self.path.split("?", 1)[0]
+        path = self.path
+        if _ABSOLUTE_FORM.match(path):  # POST http://host:port/v1/... (RFC 9112)
+            path = urllib.parse.urlsplit(path).path or "/"
+        return path.split("?", 1)[0]
 
-    def _read_body(self):
-        """The request body, or None after answering an error."""
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            self._error(411, "Send a Content-Length; chunked bodies are refused.")
-            return None
+    def handle_expect_100(self):
+        """A body announced over the limit is refused before it is sent."""
         try:
-            length = int(length or 0)
-        except ValueError:
+            length = http_body.content_length(self.headers)
+        except http_body.HttpError:
+            length = None  # do_POST answers the malformed header
+        if length is not None and length > self.server.max_body_bytes:
             self.close_connection = True
-            self._error(400, "Invalid Content-Length.")
-            return None
-        if length < 0:
-            self.close_connection = True
-            self._error(400, "Invalid Content-Length.")
-            return None
-        if length > self.server.max_body_bytes:
-            self.close_connection = True
-            # Drain a moderately large body so the client reads the answer
-            # instead of a reset connection; beyond that, just close.
-            remaining = length if length <= 16 * self.server.max_body_bytes else 0
-            while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 1 << 16))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
             self._error(
                 413,
                 f"Request body of {length} bytes is over the limit of "
-                f"{self.server.max_body_bytes} bytes.",
+                f"{self.server.max_body_bytes} bytes (--max_body_bytes).",
             )
+            return False
+        return super().handle_expect_100()
+
+    def _read_body(self):
+        """The request body, or None after answering an error."""
+        try:
+            return http_body.read_body(
+                self.rfile, self.headers, self.server.max_body_bytes
+            )
+        except http_body.HttpError as error:
+            self.close_connection = True
+            self._error(error.status, error.message)
+            if error.status == 413:  # Let a client that writes first read it.
+                http_body.drain(self.rfile, error)
             return None
-        return self.rfile.read(length) if length else b""
 
     def _dispatch(self, method):
         try:
             self._handle(method)
         except ServingError as error:
             self._serving_error(error)
+        except (TimeoutError, ConnectionError):
+            raise  # http.server drops the connection
         except Exception:  # Never a traceback or a path in the answer.
             logger.exception("Internal error on %s %s", method, self._path())
             self._error(500, "Internal error.")
@@ -142,7 +168,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._dispatch("POST")
 
     def _other_method(self):
-        if self.headers.get("Content-Length"):
+        if self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding"):
             self.close_connection = True
         self._dispatch(self.command)
 
@@ -151,7 +177,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self, method):
         path = self._path()
         if not path.lower().startswith("/v1/"):
-            self.close_connection = bool(self.headers.get("Content-Length"))
+            self.close_connection = method != "GET"
             self._error(404, "Not found.")
             return
         if method == "POST":
@@ -184,16 +210,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 )
             raise invalid(f"Malformed request: POST {self._path()}")
         loaded = self.server.core.get(name, version, label)
-        signature_name, inputs, row_format = parse_predict(body, loaded)
-        outputs = self.server.limiter.run(loaded.run, signature_name, inputs)
-        self._send(200, format_outputs(outputs, row_format))
+        budget = self.server.budget
+
+        def work():  # parse, run and encode, all within one slot and deadline
+            signature_name, inputs, row_format = parse_predict(body, loaded)
+            budget.check_before_run(loaded, signature_name, inputs, row_format)
+            outputs = loaded.run(signature_name, inputs)
+            budget.check_outputs(outputs, loaded, row_format)
+            return json_pieces(outputs, row_format)
+
+        self._send_pieces(200, self.server.limiter.run(work))
 
 
 def _decoded(name, version, label):
     """URL-decoded name and label (http_rest_api_util.cc DecodeArg), int version."""
     name = urllib.parse.unquote(name) if name else name
     label = urllib.parse.unquote(label) if label else label
-    return name, None if version is None else int(version), label
+    if version is not None:
+        # absl::SimpleAtoi into an int64, as ParseModelInfo does.
+        if len(version) > 19 or int(version) > MAX_VERSION:
+            shown = version if len(version) <= 40 else version[:40] + "..."
+            raise invalid(f"Failed to convert version: {shown} to numeric.")
+        version = int(version)
+    return name, version, label
 
 
 class ModelServer(http.server.ThreadingHTTPServer):
@@ -204,18 +243,65 @@ class ModelServer(http.server.ThreadingHTTPServer):
     # from more clients overflows it and some see "connection reset".
     request_queue_size = 128
 
-    def __init__(self, address, core, limiter, max_body_bytes=DEFAULT_MAX_BODY_BYTES):
-        super().__init__(address, _Handler)
+    def __init__(
+        self,
+        address,
+        core,
+        limiter,
+        max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+        max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
+        max_connections=DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S,
+    ):
+        # Set before binding: a failed bind calls server_close().
         self.core = core
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        self.budget = ResponseBudget(max_response_bytes, "json")
+        self.connections = ConnectionCap(max_connections)
+        self.refuser = Refuser(busy_response(max_connections))
+        self.idle_timeout_s = idle_timeout_s
+        super().__init__(address, _Handler)
 
     @property
     def slots(self):
         return self.limiter.slots
 
+    def process_request(self, request, client_address):
+        if not self.connections.acquire():
+            self.refuser.refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def shutdown_request(self, request):
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already gone
+        else:
+            http_body.linger(request)
+        self.close_request(request)
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, (TimeoutError, ConnectionError)):
+            logger.debug("Connection from %s ended: %r", client_address, error)
+        else:
+            logger.exception("Error on the connection from %s", client_address)
+
     def server_close(self):
         super().server_close()
+        self.refuser.stop()
         self.core.stop()
         self.limiter.shutdown()
 
@@ -230,6 +316,9 @@ def make_server(
     request_timeout_s=DEFAULT_REQUEST_TIMEOUT_S,
     poll_s=DEFAULT_POLL_S,
     core=None,
+    max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
+    max_connections=DEFAULT_MAX_CONNECTIONS,
+    idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S,
     **core_options,
 ):
     """A ModelServer bound to (host, port), not yet serving.
@@ -239,13 +328,22 @@ def make_server(
     model_config_file=...)`); with `poll_s` (seconds, 0 or None to disable) a
     thread loads new versions. `core_options` go to `serving.flags.make_core`
     (`model_config_file`, `enable_warmup`, `allow_labels_for_unavailable`).
+    Raises OSError (the core released) if the address cannot be bound.
     """
     owns_core = core is None
     if owns_core:
         core = flags.make_core(base_path, model_name, poll_s=poll_s, **core_options)
     limiter = RequestLimiter(max_concurrent, request_timeout_s)
     try:
-        server = ModelServer((host, port), core, limiter, max_body_bytes=max_body_bytes)
+        server = ModelServer(
+            (host, port),
+            core,
+            limiter,
+            max_body_bytes=max_body_bytes,
+            max_response_bytes=max_response_bytes,
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout_s,
+        )
     except OSError:  # the port is taken: release what was made for it
         limiter.shutdown()
         if owns_core:
@@ -259,18 +357,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m serving.server")
     flags.add_model_flags(parser)
     flags.add_endpoint_flags(parser, port=8501)
-    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    flags.add_rest_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     core = flags.core_from_args(args, parser)
-    server = make_server(
-        host=args.host,
-        port=args.port,
-        max_body_bytes=args.max_body_bytes,
-        max_concurrent=args.max_concurrent,
-        request_timeout_s=args.request_timeout_s,
-        core=core,
-    )
+    try:
+        server = make_server(
+            host=args.host,
+            port=args.port,
+            max_body_bytes=args.max_body_bytes,
+            max_response_bytes=args.max_response_bytes,
+            max_concurrent=args.max_concurrent,
+            request_timeout_s=args.request_timeout_s,
+            max_connections=args.max_connections,
+            idle_timeout_s=args.idle_timeout_s,
+            core=core,
+        )
+    except OSError as error:
+        core.stop()
+        parser.exit(1, flags.bind_failure(args.host, args.port, error))
     host, port = server.server_address[:2]
     for name in core.models:
         logger.info("REST API at http://%s:%d/v1/models/%s", host, port, name)

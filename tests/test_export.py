@@ -26,7 +26,12 @@ def exported(tokenizer, tmp_path_factory):
 def test_layout_and_signatures(exported):
     _, path, loaded = exported
     assert path.endswith(os.path.join("switch", "1"))
-    assert sorted(loaded.signatures) == ["generate", "route", "serving_default"]
+    assert sorted(loaded.signatures) == [
+        "generate",
+        "next_token",
+        "route",
+        "serving_default",
+    ]
     for signature in loaded.signatures.values():
         for spec in signature.structured_outputs.values():
             assert spec.dtype in (tf.float32, tf.int32, tf.string)
@@ -45,6 +50,27 @@ def test_serving_default_matches_the_model_and_finds_the_next_token(exported):
     np.testing.assert_array_equal(
         out["next_token"], [np.argmax(expected[r, last[r]]) for r in range(3)]
     )
+
+
+def test_next_token_is_serving_defaults_answer_without_the_logits(exported):
+    # The cheap call (issue 13): the same next token, and the top 10
+    # log-probabilities of each row's last position, most probable first.
+    _, _, loaded = exported
+    ids = random_token_ids(3, 7, seed=4)
+    ids[1, 4:] = text.PAD_ID
+    full = loaded.signatures["serving_default"](token_ids=tf.constant(ids))
+    cheap = loaded.signatures["next_token"](token_ids=tf.constant(ids))
+    assert sorted(cheap) == ["next_token", "top_log_probs", "top_tokens"]
+    np.testing.assert_array_equal(cheap["next_token"], full["next_token"])
+    last = [6, 3, 6]
+    for row in range(3):
+        log_probs = tf.nn.log_softmax(full["logits"][row, last[row]]).numpy()
+        top = np.argsort(-log_probs, kind="stable")[:10]
+        np.testing.assert_array_equal(cheap["top_tokens"][row], top)
+        np.testing.assert_allclose(
+            cheap["top_log_probs"][row], log_probs[top], rtol=1e-5, atol=1e-5
+        )
+    assert cheap["top_tokens"].shape == (3, 10)
 
 
 def test_a_sequence_does_not_depend_on_its_batch(exported):
@@ -140,7 +166,7 @@ def test_a_model_without_switch_layers_warms_up_only_its_own_signatures(
         ).predict_log.request.model_spec.signature_name
         for record in records
     ]
-    assert names == ["serving_default"]
+    assert names == ["serving_default", "next_token"]
 
 
 def test_versions_are_new_directories_written_whole(tokenizer, tmp_path):
@@ -172,6 +198,7 @@ def test_the_export_runs_as_tf_serving_loads_it(exported, runner):
     run = {"c_api": fidelity.run_signature_c_api, "tf1": fidelity.run_signature_tf1}
     requests = {
         "serving_default": {"token_ids": random_token_ids(2, 6)},
+        "next_token": {"token_ids": random_token_ids(2, 6)},
         "route": {"token_ids": random_token_ids(2, 6)},
         "generate": {
             "prompt": np.array([b"The king", b"A fool"], object),

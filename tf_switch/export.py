@@ -10,7 +10,13 @@ out, never bfloat16, every output batch-major):
 - `serving_default`: `token_ids <int32>[batch, length]` (right-padded with
   `[PAD]` = 0) -> `logits <float32>[batch, length, vocab]` and `next_token
   <int32>[batch]`, the most probable token after each row's last non-padding
-  token.
+  token. Full logits are large (a row of 64 tokens over a 2,000-token
+  vocabulary is about 2.5 MB of JSON); ask for them only when needed.
+- `next_token`: `token_ids` -> `next_token <int32>[batch]` (as above),
+  `top_tokens <int32>[batch, k]` and `top_log_probs <float32>[batch, k]`
+  (the k = min(10, vocab) most probable next tokens and their
+  log-probabilities, most probable first): the common call, at about 300
+  bytes of JSON a row whatever the vocabulary.
 - `generate`: `prompt <string>[batch]`, `max_new_tokens <int32>[batch]`,
   `temperature <float32>[batch]` -> `text <string>[batch]` (prompt and
   continuation), tokenized and detokenized in the graph with tensorflow-text.
@@ -41,6 +47,7 @@ from tf_switch.layers import SwitchRouter
 from tf_switch.models import SwitchLanguageModel
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+NEXT_TOKEN_TOP_K = 10  # `next_token`'s top_tokens / top_log_probs per row
 
 
 def serving_model(model):
@@ -122,17 +129,33 @@ class ServingModule(tf.Module):
             padded = tf.pad(token_ids, [[0, 0], [0, self.sequence_length - length]])
         return tf.ensure_shape(padded, [None, self.sequence_length])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids")])
-    def serve(self, token_ids):
+    def _logits(self, token_ids):
+        """(logits [B, length, V], each row's logits after its last token)."""
         length = tf.shape(token_ids)[1]
         logits = self.model(self._checked_padded(token_ids), training=False)
         logits = logits[:, :length]
         # The last non-padding position of each row (0 for an all-padding row).
         positions = tf.range(1, length + 1)[None, :]
         last = tf.reduce_max(tf.where(token_ids != text.PAD_ID, positions, 1), axis=1)
-        last_logits = tf.gather(logits, last - 1, batch_dims=1)
+        return logits, tf.gather(logits, last - 1, batch_dims=1)  # [B, V]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids")])
+    def serve(self, token_ids):
+        logits, last_logits = self._logits(token_ids)
         next_token = tf.argmax(last_logits, axis=-1, output_type=tf.int32)
         return {"logits": logits, "next_token": next_token}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids")])
+    def next_token(self, token_ids):
+        _, last_logits = self._logits(token_ids)
+        k = min(NEXT_TOKEN_TOP_K, self.vocab_size)
+        # top_k puts the lower index first among ties, as argmax picks it.
+        top_log_probs, top_tokens = tf.math.top_k(tf.nn.log_softmax(last_logits), k)
+        return {
+            "next_token": top_tokens[:, 0],
+            "top_tokens": top_tokens,
+            "top_log_probs": top_log_probs,
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids")])
     def route(self, token_ids):
@@ -279,7 +302,11 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
     archive = keras.export.ExportArchive()
     archive.track(module.model)
     archive.track(tokenizer)
-    endpoints = {"serving_default": module.serve, "generate": module.generate}
+    endpoints = {
+        "serving_default": module.serve,
+        "next_token": module.next_token,
+        "generate": module.generate,
+    }
     config = module.model.config
     if any(config.is_sparse(index) for index in range(config.num_layers)):
         endpoints["route"] = module.route  # a dense twin has no routing

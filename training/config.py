@@ -111,7 +111,9 @@ class TrainConfig:
     )
     jit_compile: bool = _field(False, "compile the step with XLA")
     data: str | None = _field(None, "UTF-8 text file or folder (default: Shakespeare)")
-    vocab_size: int = _field(2000, "WordPiece vocabulary size to learn")
+    vocab_size: int = _field(
+        2000, "largest WordPiece vocabulary; the learner may stop a little below"
+    )
     seed: int = _field(0, "random seed (weights, data order, dropout)")
     sample_tokens: int = _field(120, "tokens of the text sample at the end")
     prompt: str = _field("ROMEO:", "prompt of the text sample")

@@ -79,10 +79,14 @@ def load_tokenizer(corpus, config, chief=True):
     path = os.path.join(config.output, "vocab.txt")
     if os.path.exists(path):
         return text.WordPieceTokenizer(path)
-    logger.info("Building a %d-token WordPiece vocabulary ...", config.vocab_size)
+    logger.info(
+        "Building a WordPiece vocabulary of at most %d tokens ...", config.vocab_size
+    )
     tokenizer = text.WordPieceTokenizer(
         text.build_vocabulary([corpus.train], vocab_size=config.vocab_size)
     )
+    # The learner stops below the target (1,957 of 2,000 on Shakespeare).
+    logger.info("Vocabulary: %d tokens.", tokenizer.vocab_size)
     if chief:
         temporary = path + ".tmp"
         tokenizer.save_vocabulary(temporary)

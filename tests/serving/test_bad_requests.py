@@ -1,6 +1,7 @@
 """Bad requests to the local REST server: TF Serving's status codes, error
 bodies without stacks or paths, and a server that stays healthy after them."""
 
+import json
 import threading
 import time
 
@@ -52,7 +53,8 @@ BAD_REQUESTS = [
             "inputs": {"prompt": ["a"], "max_new_tokens": [1]}
             | {"temperature": [10**400]},
         },
-        "out of range for float32",
+        # rapidjson stores it as a double, which overflows (json_tensor.cc).
+        "Number too big to be stored in double",
     ),
     (
         {
@@ -204,3 +206,49 @@ def test_tf_error_messages_lose_stacks_nodes_and_paths():
     assert cleaned.startswith("assertion failed: [ids must be >= 0]")
     assert "/work" not in cleaned and "/tmp" not in cleaned and "node" not in cleaned
     assert "Op:" not in cleaned
+
+
+GENERATE = f"/v1/models/{NAME}:predict"
+_PROMPT = '{"signature_name": "generate", "inputs": {"prompt": [%s], '
+_REST = '"max_new_tokens": [1], "temperature": [%s]}}'
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        # A lone surrogate in a prompt was a 500 (UnicodeEncodeError); rapidjson
+        # refuses it: kParseErrorStringUnicodeSurrogateInvalid.
+        ((_PROMPT % '"a\\ud800"' + _REST % "0").encode(), "surrogate pair"),
+        ((_PROMPT % '"\\udc00b"' + _REST % "0").encode(), "surrogate pair"),
+        # 1e999 parsed as infinity; rapidjson: kParseErrorNumberTooBig.
+        ((_PROMPT % '"a"' + _REST % "1e999").encode(), "Number too big"),
+        ((_PROMPT % '"a"' + _REST % "-1e400").encode(), "Number too big"),
+    ],
+)
+def test_json_that_rapidjson_refuses_is_400(server, exported, raw, message):
+    status, body = request(server, "POST", GENERATE, raw=raw)
+    check_error(status, body, 400, exported)
+    assert message in body["error"]
+    assert_healthy(server)
+
+
+def test_json_that_rapidjson_reads_is_read_alike(server):
+    ids = random_token_ids(1, 3, seed=2).tolist()
+    body = json.dumps({"instances": ids}).encode()
+    # A byte order mark is skipped (rapidjson's EncodedInputStream).
+    status, answer = request(server, "POST", GENERATE, raw=b"\xef\xbb\xbf" + body)
+    assert status == 200, answer
+    # Of duplicate keys the first counts (rapidjson's FindMember).
+    first_wins = (
+        b'{"instances": %s, "instances": "not a list"}' % json.dumps(ids).encode()
+    )
+    status, answer = request(server, "POST", GENERATE, raw=first_wins)
+    assert status == 200, answer
+    last_bad = (
+        b'{"instances": "not a list", "instances": %s}' % json.dumps(ids).encode()
+    )
+    status, answer = request(server, "POST", GENERATE, raw=last_bad)
+    assert status == 400 and "must be a JSON list" in answer["error"]
+    # A paired surrogate escape is one character, and fine.
+    raw = (_PROMPT % '"\\ud83d\\ude00"' + _REST % "0").encode()
+    assert request(server, "POST", GENERATE, raw=raw)[0] == 200

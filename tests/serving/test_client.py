@@ -108,7 +108,7 @@ def test_metadata_and_status_agree(clients):
     rest, grpc_meta = clients["rest"].metadata(), clients["grpc"].metadata()
     assert rest == grpc_meta
     signatures = rest["metadata"]["signature_def"]["signature_def"]
-    assert sorted(signatures) == ["generate", "route", "serving_default"]
+    assert sorted(signatures) == ["generate", "next_token", "route", "serving_default"]
     status = clients["rest"].status()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
     assert clients["grpc"].status() == status  # ModelService.GetModelStatus

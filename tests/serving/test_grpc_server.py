@@ -22,8 +22,13 @@ TIMEOUT = 30
 
 class _Grpc:
     def __init__(self, base, **kwargs):
-        self.server, port = make_grpc_server(base, NAME, port=0, poll_s=0, **kwargs)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.server, self.port = make_grpc_server(
+            base, NAME, port=0, poll_s=0, **kwargs
+        )
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.port}",
+            options=[("grpc.max_receive_message_length", -1)],  # client side
+        )
         self.predict = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model = model_service_pb2_grpc.ModelServiceStub(self.channel)
 

@@ -19,7 +19,12 @@ from tensorflow_serving.apis import (
 from serving import flags
 from serving import server as server_lib
 from serving.grpc_server import make_grpc_server
-from serving.models import VersionPolicy
+from serving.models import (
+    ModelManager,
+    VersionPolicy,
+    available_versions,
+    version_dirs,
+)
 from serving.status import ServingError
 from tests.serving.rest import NAME, available, check_error, predict, request
 from tests.serving.rest_server import start_server, stop_server
@@ -340,3 +345,26 @@ def test_config_reload_refuses_a_moved_base_path(versions, tmp_path):
         assert [s[:2] for s in core.models[NAME].status()] == [(1, "AVAILABLE")]
     finally:
         core.stop()
+
+
+def test_only_ascii_digit_directories_are_versions(tmp_path):
+    # TF Serving: absl::SimpleAtoi (file_system_storage_path_source.cc).
+    # str.isdigit() took "²" (then int() raised on every poll) and "٥" (5).
+    names = ["1", "²", "٥", "x", "+2", "-3", "1e3", "99999999999999999999", "007"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    (tmp_path / "8").write_text("a file, not a directory")
+    assert version_dirs(tmp_path) == {1: "1", 7: "007"}
+    assert available_versions(tmp_path) == [1, 7]
+
+
+def test_an_odd_directory_does_not_stop_new_versions_loading(versions, tmp_path):
+    model_dir = _model_dir(versions, tmp_path, numbers=(1,))
+    (model_dir / "²").mkdir()
+    (model_dir / "٥").mkdir()
+    manager = ModelManager(NAME, str(model_dir), enable_warmup=False)
+    assert [v for v, state, *_ in manager.status() if state == "AVAILABLE"] == [1]
+    shutil.copytree(versions["source"] / "2", model_dir / "02")
+    assert manager.reload()  # "02" is version 2; "²" and "٥" are ignored
+    assert manager.get().version == 2
+    assert [v for v, *_ in manager.status()] == [2, 1]

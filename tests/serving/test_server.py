@@ -54,7 +54,7 @@ def test_metadata(server):
     assert status == 200
     assert body["model_spec"] == {"name": NAME, "signature_name": "", "version": "1"}
     signatures = body["metadata"]["signature_def"]["signature_def"]
-    assert sorted(signatures) == ["generate", "route", "serving_default"]
+    assert sorted(signatures) == ["generate", "next_token", "route", "serving_default"]
     default = signatures["serving_default"]
     assert default["method_name"] == "tensorflow/serving/predict"
     assert default["inputs"]["token_ids"]["dtype"] == "DT_INT32"

@@ -51,7 +51,7 @@ def _stub(tmp_path):
 
 def test_the_exports_own_records_replay(exported):
     loaded = LoadedVersion(exported["path"], 1)
-    assert warmup.run_warmup(loaded) == 2  # serving_default and route
+    assert warmup.run_warmup(loaded) == 3  # serving_default, next_token, route
     assert warmup.run_warmup(_stub(exported["base"])) == 0  # no file: fine
 
 
