@@ -238,7 +238,11 @@ class ServingModule(tf.Module):
 
 
 def _next_version(model_dir):
-    versions = [int(name) for name in os.listdir(model_dir) if name.isdigit()]
+    # ASCII digits only, as TF Serving reads version directories ('²' and
+    # '٥' pass str.isdigit()).
+    versions = [
+        int(name) for name in os.listdir(model_dir) if name.isascii() and name.isdigit()
+    ]
     return max(versions, default=0) + 1
 
 

@@ -1,3 +1,5 @@
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -118,3 +120,21 @@ def test_encoder_classifies_and_reloads(tmp_path):
     longer[:, 9] = 7  # one more valid token changes the pooled output
     assert not np.allclose(model(tokens), model(longer))
     check_save_and_reload(model, tokens, tmp_path)
+
+
+def test_a_model_saved_by_the_first_wave_loads_with_identical_outputs():
+    # tests/data/wave1_tiny_lm.keras was saved by commit ccfc948, before the
+    # layers moved to typed SwitchOptions and expert parallelism moved out of
+    # ExpertFFN (top-2, groups of 16, capacity 1.0/1.5, 4 experts).
+    data = pathlib.Path(__file__).resolve().parents[1] / "data"
+    model = keras.saving.load_model(data / "wave1_tiny_lm.keras", safe_mode=True)
+    saved = np.load(data / "wave1_tiny_lm_io.npz")
+    options = model.config.switch_options
+    assert (options.top_k, options.group_size, options.eval_capacity_factor) == (
+        2,
+        16,
+        1.5,
+    )
+    np.testing.assert_array_equal(
+        model(saved["token_ids"], training=False), saved["logits"]
+    )

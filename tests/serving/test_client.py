@@ -17,13 +17,11 @@ from serving import client as client_lib
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_server import make_grpc_server
 from tests.serving.grpc_requests import predict_request
-from tests.serving.rest import NAME
+from tests.serving.rest import NAME, TIMEOUT
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
 )
-
-TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")

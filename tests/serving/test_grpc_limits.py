@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from serving.grpc_server import make_grpc_server
 from tests.serving.grpc_requests import predict_request
-from tests.serving.rest import NAME
-from tests.serving.test_grpc_server import TIMEOUT, _Grpc
+from tests.serving.rest import NAME, TIMEOUT
+from tests.serving.test_grpc_server import _Grpc
 from tests.tiny_export import LENGTH, random_token_ids
 
 ROW_BYTES = LENGTH * 108 * 4  # one row of the tiny export's float32 logits

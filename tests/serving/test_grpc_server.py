@@ -14,10 +14,8 @@ from tensorflow_serving.apis import (
 from serving import server as server_lib
 from serving.grpc_server import make_grpc_server
 from tests.serving.grpc_requests import predict_request
-from tests.serving.rest import NAME, predict
+from tests.serving.rest import NAME, TIMEOUT, predict
 from tests.tiny_export import random_token_ids
-
-TIMEOUT = 30
 
 
 class _Grpc:

@@ -12,7 +12,6 @@ import tensorflow_text  # noqa: F401
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -26,14 +25,13 @@ from serving.models import (
     version_dirs,
 )
 from serving.status import ServingError
-from tests.serving.rest import NAME, available, check_error, predict, request
+from tests.serving.grpc_requests import predict_request
+from tests.serving.rest import NAME, TIMEOUT, available, check_error, predict, request
 from tests.serving.rest_server import start_server, stop_server
 from tests.tiny_export import (
     random_token_ids,
     run_in_process,
 )
-
-TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
@@ -168,15 +166,7 @@ def test_unknown_label_is_400_as_tf_serving(labelled):
 
 
 def _grpc_predict(stub, ids, **spec):
-    request_ = predict_pb2.PredictRequest()
-    request_.model_spec.name = NAME
-    for key, value in spec.items():
-        if key == "version":
-            request_.model_spec.version.value = value
-        else:
-            setattr(request_.model_spec, key, value)
-    request_.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
-    return stub.Predict(request_, timeout=TIMEOUT)
+    return stub.Predict(predict_request(token_ids=ids, **spec), timeout=TIMEOUT)
 
 
 def test_labels_and_versions_over_grpc(labelled, versions):

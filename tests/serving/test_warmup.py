@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
-    predict_pb2,
     prediction_log_pb2,
     prediction_service_pb2_grpc,
 )
@@ -20,6 +19,7 @@ from serving.grpc_server import make_grpc_server
 from serving.models import ModelManager
 from serving.servable import LoadedVersion
 from serving.status import ServingError
+from tests.serving.grpc_requests import predict_request
 from tests.serving.rest import NAME
 from tests.tiny_export import random_token_ids
 
@@ -34,11 +34,9 @@ def _write(export_dir, logs):
 
 
 def _predict_log(signature="serving_default", ids=None):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "whatever"  # Ignored: the loading version runs it.
-    request.model_spec.signature_name = signature
     ids = random_token_ids(1, 4) if ids is None else ids
-    request.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
+    # The model name is ignored: the loading version runs the record.
+    request = predict_request(signature, model="whatever", token_ids=ids)
     return prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request)
     )
