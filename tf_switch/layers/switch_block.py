@@ -159,24 +159,73 @@ class SwitchBlock(keras.layers.Layer):
         )
         x = inputs + self.attention_dropout_layer(attended, training=training)
 
-        normed = self.ffn_norm(x)
-        stats = None
-        if self.num_experts is None:
-            hidden_dim = normed.shape[-1]
-            flat = tf.reshape(normed, [1, -1, hidden_dim])
-            ffn_out = tf.reshape(self.ffn(flat, training=training), tf.shape(normed))
-            ffn_out.set_shape(normed.shape)
-        else:
-            ffn_out, stats = self.ffn(
+        ffn_out, stats = self._feed_forward(self.ffn_norm(x), padding_mask, training)
+        outputs = x + self.ffn_dropout_layer(ffn_out, training=training)
+        if return_router_stats:
+            return outputs, stats
+        return outputs
+
+    def _feed_forward(self, normed, padding_mask, training):
+        """The FFN (Switch or dense) on `[B, T, d]`; returns (outputs, stats)."""
+        if self.num_experts is not None:
+            return self.ffn(
                 normed,
                 padding_mask=padding_mask,
                 training=training,
                 return_router_stats=True,
             )
-        outputs = x + self.ffn_dropout_layer(ffn_out, training=training)
-        if return_router_stats:
-            return outputs, stats
-        return outputs
+        hidden_dim = normed.shape[-1]
+        flat = tf.reshape(normed, [1, -1, hidden_dim])
+        ffn_out = tf.reshape(self.ffn(flat, training=training), tf.shape(normed))
+        ffn_out.set_shape(normed.shape)
+        return ffn_out, None
+
+    def call_with_cache(self, inputs, key_cache, value_cache, cache_index):
+        """Inference on T new positions per row, with a key/value cache.
+
+        Row b's inputs are the positions `cache_index[b] + t`, t < T. Their
+        keys and values are written into the caches at those positions, and
+        each attends to every cached position up to its own (causal), so a
+        prefill (T = L, `cache_index` 0) equals `call` on the whole window and
+        a decoding step (T = 1) equals `call` on the sequence so far. Cache
+        slots beyond a row's position may hold anything: they are never
+        read. The Switch FFN routes the T tokens of each row as one group:
+        with one token per step no capacity can drop it, so decoding routes
+        exactly as a dropless full pass does.
+
+        Args:
+            inputs: `[B, T, hidden]`, T static.
+            key_cache, value_cache: `[B, L, num_heads, head_dim]`, L static.
+            cache_index: `<int32>[B]`, each row's first position, with
+                `cache_index + T <= L`.
+
+        Returns:
+            `(outputs [B, T, hidden], key_cache, value_cache, token_expert)`;
+            `token_expert` is `<int32>[B, T]`, each token's expert (-1 when
+            dropped), or None for a dense block.
+        """
+        steps, length = inputs.shape[1], key_cache.shape[1]
+        normed = self.attention_norm(inputs)
+        query = self.attention.query_dense(normed)  # [B, T, H, D]
+        slots = tf.range(length)[None, :]  # [1, L]
+        offset = slots - cache_index[:, None]  # [B, L]: the input each slot takes
+        written = ((offset >= 0) & (offset < steps))[:, :, None, None]
+        source = tf.clip_by_value(offset, 0, steps - 1)
+
+        def write(cache, new):  # new: [B, T, H, D] -> cache [B, L, H, D]
+            return tf.where(written, tf.gather(new, source, batch_dims=1), cache)
+
+        key_cache = write(key_cache, self.attention.key_dense(normed))
+        value_cache = write(value_cache, self.attention.value_dense(normed))
+        query_position = cache_index[:, None] + tf.range(steps)[None, :]  # [B, T]
+        visible = slots[:, None, :] <= query_position[:, :, None]  # [B, T, L]
+        attended, _ = self.attention._compute_attention(
+            query, key_cache, value_cache, attention_mask=visible, training=False
+        )
+        x = inputs + self.attention.output_dense(attended)
+        ffn_out, stats = self._feed_forward(self.ffn_norm(x), None, False)
+        token_expert = None if stats is None else stats["token_expert"]
+        return x + ffn_out, key_cache, value_cache, token_expert
 
     def compute_mask(self, inputs, mask=None):
         return mask
