@@ -32,7 +32,7 @@ from tf_switch.distribute import (
     resolve_strategy,
     split_cpu,
 )
-from tf_switch.export import export_for_serving, serving_model
+from tf_switch.export import export_for_serving
 from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchLanguageModel, get_preset, model_report
 from tf_switch.schedules import WarmupSchedule
@@ -45,7 +45,7 @@ from .callbacks import (
     ResumableBackupAndRestore,
 )
 from .data import EpochOrderedWindows
-from .generate import generate_ids
+from .generate import decoder_for, sample_text
 
 logger = logging.getLogger("training")
 
@@ -107,7 +107,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--vocab-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sample-tokens", type=int, default=120)
+    parser.add_argument(
+        "--sample-tokens",
+        type=int,
+        default=56,
+        help="new tokens of the sample (prompt plus sample fit the positions)",
+    )
+    parser.add_argument(
+        "--sample-top-k", type=int, default=40, help="top-k of the sample; 0: off"
+    )
     parser.add_argument("--prompt", default="ROMEO:")
     parser.add_argument("--output", default="runs/tiny")
     args = parser.parse_args(argv)
@@ -232,19 +240,30 @@ def write_results(model, load_recorder, tokenizer, args):
     plots.plot_expert_load(
         load_recorder.history, os.path.join(args.output, "expert_load.png")
     )
-    prompt = tokenizer.tokenize(tf.constant([args.prompt])).numpy()[0].tolist()
-    # A plain single-device copy samples: calling the trained model here would
-    # update its routing metrics, which a multi-worker strategy synchronizes
-    # with workers that have stopped.
-    ids = generate_ids(
-        serving_model(model),
-        [text.BOS_ID, *prompt],
-        args.sample_tokens,
+    # The decoding of the SavedModel's `generate`, on a plain single-device
+    # copy: calling the trained model here would update its routing metrics,
+    # which a multi-worker strategy synchronizes with workers that have
+    # stopped. Prompt and sample must fit the model's positions.
+    decoder = decoder_for(model)
+    prompt_tokens = 1 + len(tokenizer.tokenize(tf.constant([args.prompt]))[0])
+    room = decoder.context_length - prompt_tokens
+    if args.sample_tokens > room:
+        logger.info(
+            "Sampling %d tokens, not %d: the prompt and the sample must fit the "
+            "model's %d positions.",
+            max(room, 0),
+            args.sample_tokens,
+            decoder.context_length,
+        )
+    sample = sample_text(
+        decoder,
+        tokenizer,
+        args.prompt,
+        max(min(args.sample_tokens, room), 0),
         temperature=0.8,
+        top_k=args.sample_top_k,
         seed=args.seed,
-        pad_id=text.PAD_ID,
     )
-    sample = tokenizer.detokenize(tf.ragged.constant([ids])).numpy()[0].decode()
     with open(os.path.join(args.output, "sample.txt"), "w") as f:
         f.write(sample + "\n")
     return sample, export_dir
