@@ -1,5 +1,7 @@
 """A pre-LayerNorm transformer block with a Switch (or dense) FFN."""
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -207,21 +209,34 @@ class SwitchBlock(keras.layers.Layer):
         steps, length = inputs.shape[1], key_cache.shape[1]
         normed = self.attention_norm(inputs)
         query = self.attention.query_dense(normed)  # [B, T, H, D]
+        keys = self.attention.key_dense(normed)
+        values = self.attention.value_dense(normed)
         slots = tf.range(length)[None, :]  # [1, L]
-        offset = slots - cache_index[:, None]  # [B, L]: the input each slot takes
-        written = ((offset >= 0) & (offset < steps))[:, :, None, None]
-        source = tf.clip_by_value(offset, 0, steps - 1)
-
-        def write(cache, new):  # new: [B, T, H, D] -> cache [B, L, H, D]
-            return tf.where(written, tf.gather(new, source, batch_dims=1), cache)
-
-        key_cache = write(key_cache, self.attention.key_dense(normed))
-        value_cache = write(value_cache, self.attention.value_dense(normed))
+        if steps == 1:  # a decoding step: one scatter per cache
+            rows = tf.range(tf.shape(inputs)[0])
+            where = tf.stack([rows, cache_index], axis=1)  # [B, 2]
+            key_cache = tf.tensor_scatter_nd_update(key_cache, where, keys[:, 0])
+            value_cache = tf.tensor_scatter_nd_update(value_cache, where, values[:, 0])
+        else:  # slot l of row b takes input l - cache_index[b], if any
+            offset = slots - cache_index[:, None]  # [B, L]
+            written = ((offset >= 0) & (offset < steps))[:, :, None, None]
+            source = tf.clip_by_value(offset, 0, steps - 1)
+            key_cache = tf.where(
+                written, tf.gather(keys, source, batch_dims=1), key_cache
+            )
+            value_cache = tf.where(
+                written, tf.gather(values, source, batch_dims=1), value_cache
+            )
         query_position = cache_index[:, None] + tf.range(steps)[None, :]  # [B, T]
         visible = slots[:, None, :] <= query_position[:, :, None]  # [B, T, L]
-        attended, _ = self.attention._compute_attention(
-            query, key_cache, value_cache, attention_mask=visible, training=False
-        )
+        # Scaled dot-product attention, as MultiHeadAttention computes it
+        # (no attention dropout at inference), in few ops: a decoding step
+        # is dominated by per-op overhead, not arithmetic.
+        scale = tf.cast(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+        scores = tf.einsum("bthd,bshd->bhts", query * scale, key_cache)
+        scores = tf.where(visible[:, None], scores, scores.dtype.min)
+        weights = tf.nn.softmax(scores, axis=-1)  # [B, H, T, L]
+        attended = tf.einsum("bhts,bshd->bthd", weights, value_cache)
         x = inputs + self.attention.output_dense(attended)
         ffn_out, stats = self._feed_forward(self.ffn_norm(x), None, False)
         token_expert = None if stats is None else stats["token_expert"]
