@@ -205,8 +205,8 @@ def _generate_checks(
             tf.cast(max_new_tokens, tf.int64),
             room,
             message=(
-                f"the prompt's tokens (plus [BOS]) and max_new_tokens must fit "
-                f"the model's {window} positions"
+                f"the prompt tokens (plus [BOS]) and max_new_tokens must fit "
+                f"the {window} positions of the model"
             ),
         ),
         tf.debugging.assert_non_negative(
