@@ -4,6 +4,8 @@
     client = RestClient("http://127.0.0.1:8501", model_name="switch")
     client.predict({"token_ids": [[2, 10, 11]]})  # {"logits": ..., "next_token": ...}
     client.generate(["ROMEO:"], max_new_tokens=8, temperature=0.0)  # [str]
+    client.generate_outputs(["ROMEO:"], 8, temperature=0.8, top_k=40, seed=1)
+    # {"text": ..., "token_ids": ..., "expert": ...}
     client.route([[2, 10, 11]])  # {"expert": ..., "probability": ...}
     GrpcClient("127.0.0.1:8500", model_name="switch").predict(...)  # the same
 
@@ -19,7 +21,8 @@ HTTP status (REST) or the gRPC status code name (gRPC).
 module is the command line:
 `python -m serving.client [--rest URL | --grpc TARGET] --model switch
 {predict --token-ids 2,10,11 | generate --prompt "ROMEO:" [--max-new-tokens N]
-[--temperature T] | route --token-ids ...}` prints JSON.
+[--temperature T] [--top-k K] [--top-p P] [--seed S] | route --token-ids ...}`
+prints JSON (`generate`: its text, new token ids and experts).
 """
 
 import argparse
@@ -61,6 +64,9 @@ def main(argv=None):
     command.add_argument("--prompt", action="append", required=True)
     command.add_argument("--max-new-tokens", type=int, default=32)
     command.add_argument("--temperature", type=float, default=0.8)
+    command.add_argument("--top-k", type=int, default=0, help="0: off")
+    command.add_argument("--top-p", type=float, default=1.0, help="1.0: off")
+    command.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.grpc:
@@ -74,12 +80,15 @@ def main(argv=None):
         elif args.command == "route":
             result = _jsonable(client.route(args.token_ids))
         else:
-            texts = client.generate(
+            outputs = client.generate_outputs(
                 args.prompt,
                 max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=args.seed,
             )
-            result = {"text": texts}
+            result = _jsonable(outputs)
     except ServingClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -67,7 +67,7 @@ def _signature(metadata, signature_name):
     return signatures.get("signature_def", {}).get(signature_name)
 
 
-def _generate_inputs(prompts, max_new_tokens, temperature):
+def _generate_inputs(prompts, max_new_tokens, temperature, top_k, top_p, seed):
     if isinstance(prompts, (str, bytes)):
         prompts = [prompts]
     prompts = list(prompts)
@@ -78,6 +78,9 @@ def _generate_inputs(prompts, max_new_tokens, temperature):
         "prompt": prompt,
         "max_new_tokens": np.full(size, max_new_tokens, np.int32),
         "temperature": np.full(size, temperature, np.float32),
+        "top_k": np.full(size, top_k, np.int32),
+        "top_p": np.full(size, top_p, np.float32),
+        "seed": np.full(size, seed, np.int32),
     }
 
 
@@ -114,10 +117,26 @@ class BaseClient:
         """{output name: numpy array} of one signature on `inputs`."""
         return self._predict(self._cast_inputs(inputs, signature_name), signature_name)
 
-    def generate(self, prompts, max_new_tokens=32, temperature=0.8):
+    def generate_outputs(
+        self, prompts, max_new_tokens=32, temperature=0.8, top_k=0, top_p=1.0, seed=0
+    ):
+        """All `generate` outputs: `text`, `token_ids` (the new tokens, -1
+        after each row's end) and, for a Switch model, `expert` (each new
+        token's expert per Switch layer). One value of each option for every
+        prompt; top_k 0 and top_p 1.0 are off, temperature 0 is greedy."""
+        inputs = _generate_inputs(
+            prompts, max_new_tokens, temperature, top_k, top_p, seed
+        )
+        return self.predict(inputs, "generate")
+
+    def generate(
+        self, prompts, max_new_tokens=32, temperature=0.8, top_k=0, top_p=1.0, seed=0
+    ):
         """The texts (prompt and continuation) for each prompt."""
-        inputs = _generate_inputs(prompts, max_new_tokens, temperature)
-        return _texts(self.predict(inputs, "generate")["text"])
+        outputs = self.generate_outputs(
+            prompts, max_new_tokens, temperature, top_k, top_p, seed
+        )
+        return _texts(outputs["text"])
 
     def route(self, token_ids):
         """{"expert": int32 [batch, length, layers], "probability": float32 ...}."""

@@ -115,30 +115,99 @@ def test_route_reports_each_switch_layers_expert(exported):
     assert np.all((probability > 0.25 - 1e-6) & (probability <= 1.0))
 
 
+def _generate_request(prompts, max_new_tokens, temperature=0.0, **options):
+    size = len(prompts)
+
+    def column(value, dtype):
+        return tf.constant(np.broadcast_to(np.asarray(value, dtype), [size]))
+
+    return {
+        "prompt": tf.constant(prompts),
+        "max_new_tokens": column(max_new_tokens, np.int32),
+        "temperature": column(temperature, np.float32),
+        "top_k": column(options.get("top_k", 0), np.int32),
+        "top_p": column(options.get("top_p", 1.0), np.float32),
+        "seed": column(options.get("seed", 0), np.int32),
+    }
+
+
 def test_generate_is_deterministic_and_validated(exported):
     _, _, loaded = exported
     generate = loaded.signatures["generate"]
-    request = {
-        "prompt": tf.constant(["The king", "A fool loves"]),
-        "max_new_tokens": tf.constant([4, 2]),
-        "temperature": tf.constant([0.0, 1.0]),
+    request = _generate_request(
+        ["The king", "A fool loves"], [4, 2], [0.0, 1.0], top_k=[0, 5], seed=7
+    )
+    first = generate(**request)
+    np.testing.assert_array_equal(first["text"], generate(**request)["text"])
+    assert first["text"][0].numpy().decode().startswith("The king")
+    assert first["text"][1].numpy().decode().startswith("A fool loves")
+    token_ids = first["token_ids"].numpy()
+    assert token_ids.shape == (2, 4) and np.all(token_ids[1, 2:] == -1)
+    bad = [
+        (dict(max_new_tokens=LENGTH), "must fit"),
+        (dict(max_new_tokens=2**31 - 1), "must fit"),  # overflowed start + n
+        (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+    ]
+    for change, message in bad:
+        request = _generate_request(["The king"], **{"max_new_tokens": 1, **change})
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            generate(**request)
+    request = _generate_request(["The king"], 1)
+    request["seed"] = tf.constant([1, 2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one seed per prompt"):
+        generate(**request)
+
+
+def test_generate_equals_the_uncached_greedy_loop_and_reports_routing(
+    exported, tokenizer
+):
+    _, _, loaded = exported
+    prompts = ["The king", "A fool loves the"]
+    out = loaded.signatures["generate"](**_generate_request(prompts, 5))
+    serve, route = loaded.signatures["serving_default"], loaded.signatures["route"]
+    for row, prompt in enumerate(prompts):
+        ids = [text.BOS_ID, *tokenizer.tokenize(tf.constant([prompt]))[0].numpy()]
+        new = [int(t) for t in out["token_ids"][row].numpy() if t >= 0]
+        for token in new:  # the full window re-run for every token
+            next_token = serve(token_ids=tf.constant([ids]))["next_token"][0]
+            assert token == int(next_token) or token == text.EOS_ID
+            ids.append(token)
+        experts = route(token_ids=tf.constant([ids]))["expert"][0, -len(new) :]
+        np.testing.assert_array_equal(out["expert"][row, : len(new)], experts)
+
+
+def test_a_sampled_row_does_not_depend_on_its_batch(exported):
+    _, _, loaded = exported
+    generate = loaded.signatures["generate"]
+    prompts = ["The king", "A fool loves", "The king and the fool"]
+    options = dict(temperature=0.8, top_k=[0, 20, 0], top_p=[1.0, 1.0, 0.9], seed=3)
+    batch = generate(**_generate_request(prompts, 5, **options))
+    for row, prompt in enumerate(prompts):
+        alone = generate(
+            **_generate_request(
+                [prompt],
+                5,
+                temperature=0.8,
+                top_k=options["top_k"][row],
+                top_p=options["top_p"][row],
+                seed=3,
+            )
+        )
+        np.testing.assert_array_equal(alone["token_ids"][0], batch["token_ids"][row])
+        assert alone["text"][0] == batch["text"][row]
+    # The seed changes the sample; the same seed repeats it.
+    texts = {
+        generate(**_generate_request(prompts[:1] * 2, 8, temperature=1.0, seed=s))[
+            "text"
+        ][0].numpy()
+        for s in range(4)
     }
-    first = generate(**request)["text"].numpy()
-    np.testing.assert_array_equal(first, generate(**request)["text"].numpy())
-    assert first[0].decode().startswith("The king")
-    assert first[1].decode().startswith("A fool loves")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="must fit"):
-        generate(
-            prompt=tf.constant(["The king"]),
-            max_new_tokens=tf.constant([LENGTH]),
-            temperature=tf.constant([0.0]),
-        )
-    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature"):
-        generate(
-            prompt=tf.constant(["The king"]),
-            max_new_tokens=tf.constant([1]),
-            temperature=tf.constant([-1.0]),
-        )
+    assert len(texts) > 1
 
 
 def test_warmup_requests_replay(exported):
@@ -204,6 +273,9 @@ def test_the_export_runs_as_tf_serving_loads_it(exported, runner):
             "prompt": np.array([b"The king", b"A fool"], object),
             "max_new_tokens": np.array([3, 2], np.int32),
             "temperature": np.array([0.0, 0.5], np.float32),
+            "top_k": np.array([0, 5], np.int32),
+            "top_p": np.array([1.0, 0.9], np.float32),
+            "seed": np.array([0, 1], np.int32),
         },
     }
     for signature, inputs in requests.items():

@@ -242,6 +242,10 @@ def test_serve_and_query_answers_over_rest_and_grpc_and_draws_routes(trained):
         assert len(results[kind]) > len("KING:")
     assert results["greedy_same"] is True
     assert results["routes_agree"] is True
+    assert results["batch_same"] is True  # a sampled row ignores its batch
+    generated = results["generated_experts"]  # [new tokens, Switch layers]
+    assert len(generated) == SERVE_TINY["MAX_NEW_TOKENS"]
+    assert all(len(row) == 2 and all(-1 <= e < 8 for e in row) for row in generated)
     experts = results["experts"]
     assert len(experts) == len(results["tokens"]) > 5
     assert results["tokens"][0] == "[BOS]"

@@ -18,19 +18,30 @@ out, never bfloat16, every output batch-major):
   log-probabilities, most probable first): the common call, at about 300
   bytes of JSON a row whatever the vocabulary.
 - `generate`: `prompt <string>[batch]`, `max_new_tokens <int32>[batch]`,
-  `temperature <float32>[batch]` -> `text <string>[batch]` (prompt and
-  continuation), tokenized and detokenized in the graph with tensorflow-text.
-  Temperature 0 is greedy; sampling is seeded by the inputs, so a request
-  always gets the same answer.
+  `temperature <float32>[batch]` (0: greedy), `top_k <int32>[batch]` (0:
+  off), `top_p <float32>[batch]` (1.0: off) and `seed <int32>[batch]` ->
+  `text <string>[batch]` (prompt and continuation, tokenized and detokenized
+  in the graph with tensorflow-text), `token_ids <int32>[batch, width]` (the
+  new tokens, -1 after each row's end; width = the largest max_new_tokens)
+  and, for a model with Switch layers, `expert <int32>[batch, width,
+  layers]` (each new token's expert in each Switch layer, as `route` would
+  report it). A key/value cache in the graph: one prefill of the prompt,
+  then one position per new token (`tf_switch.models.decoding`). A row ends
+  at [EOS] or after its max_new_tokens, independently of the others; prompt
+  (plus [BOS]) and new tokens must fit the model's positions. Sampling
+  (`tf_switch.sampling`) is seeded by each row's own prompt and seed, so a
+  request gets the same text alone or batched with others, every time.
 - `route`: `token_ids` -> `expert <int32>[batch, length, layers]` (each Switch
   layer's expert for each token, -1 when dropped) and `probability
   <float32>[batch, length, layers]` (its router probability); not in the
   export of a dense model.
 
-Serving routes each sequence as its own group, so a sequence's outputs never
-depend on the other sequences of its batch. Inputs are validated in the graph:
-ids in [0, vocab), 1 <= length <= the model's sequence length; a violation is
-an INVALID_ARGUMENT error (HTTP 400), never a silent wrap or zero.
+Serving routes each sequence as its own group and dropless (no expert
+capacity), so a sequence's outputs never depend on the other sequences of its
+batch, and decoding one token at a time routes as the full pass does. Inputs
+are validated in the graph: ids in [0, vocab), 1 <= length <= the model's
+sequence length; a violation is an INVALID_ARGUMENT error (HTTP 400), never a
+silent wrap or zero.
 """
 
 import os
@@ -41,40 +52,17 @@ import numpy as np
 import tensorflow as tf
 
 from tf_switch import text
-from tf_switch.distribute import logical_weights
-from tf_switch.keras_internals import flatten_layers
-from tf_switch.layers import SwitchRouter
-from tf_switch.models import SwitchLanguageModel
+from tf_switch.models.decoding import CachedDecoder, inference_model
+from tf_switch.models.generation import generate_tokens
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 NEXT_TOKEN_TOP_K = 10  # `next_token`'s top_tokens / top_log_probs per row
 
 
 def serving_model(model):
-    """A float32 copy of a `SwitchLanguageModel` that routes per sequence.
-
-    Training may group tokens across sequences and run in bfloat16 on a TPU;
-    serving needs per-sequence groups and float32 signatures. The copy is
-    built on the CPU (call this outside `strategy.scope()`), so no TPU
-    variable or op reaches the serving graph. The weights are copied by
-    value (`logical_weights`: an expert-parallel model's experts gathered to
-    full `[N, ...]`), and dropout is inactive at inference anyway.
-    """
-    config = model.config.replace(
-        switch_options=model.config.switch_options.for_serving()
-    )
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        with tf.device("/cpu:0"):
-            copy = SwitchLanguageModel(config)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    copy.set_weights(logical_weights(model))
-    for layer in flatten_layers(copy):
-        if isinstance(layer, SwitchRouter):
-            layer.update_metrics = False  # a request must not write state
-    return copy
+    """A float32 copy of a `SwitchLanguageModel` that routes per sequence,
+    dropless: `tf_switch.models.decoding.inference_model`."""
+    return inference_model(model)
 
 
 def _route_tokens(model, token_ids):
@@ -103,6 +91,7 @@ class ServingModule(tf.Module):
         self.tokenizer = tokenizer
         self.sequence_length = self.model.input_shape[1]
         self.vocab_size = self.model.config.vocab_size
+        self.decoder = CachedDecoder(self.model)
 
     def _checked_padded(self, token_ids):
         """Validates ids and length; returns ids padded to the model length."""
@@ -168,73 +157,90 @@ class ServingModule(tf.Module):
             tf.TensorSpec([None], tf.string, "prompt"),
             tf.TensorSpec([None], tf.int32, "max_new_tokens"),
             tf.TensorSpec([None], tf.float32, "temperature"),
+            tf.TensorSpec([None], tf.int32, "top_k"),
+            tf.TensorSpec([None], tf.float32, "top_p"),
+            tf.TensorSpec([None], tf.int32, "seed"),
         ]
     )
-    def generate(self, prompt, max_new_tokens, temperature):
-        batch = tf.shape(prompt)[0]
+    def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
         prompt_ids = self.tokenizer.tokenize(prompt)
+        batch = tf.shape(prompt)[0]
         bos = tf.fill([batch, 1], tf.constant(text.BOS_ID, tf.int32))
         prompt_ids = tf.concat([bos, prompt_ids], axis=1)
-        start = tf.cast(prompt_ids.row_lengths(), tf.int32)  # [B]
+        lengths = prompt_ids.row_lengths()  # int64: no overflow below
         window = self.sequence_length
-        checks = [
-            tf.debugging.assert_equal(
-                tf.shape(max_new_tokens)[0],
-                batch,
-                message="one max_new_tokens per prompt",
-            ),
-            tf.debugging.assert_equal(
-                tf.shape(temperature)[0], batch, message="one temperature per prompt"
-            ),
-            tf.debugging.assert_non_negative(
-                max_new_tokens, message="max_new_tokens must be >= 0"
-            ),
-            tf.debugging.assert_non_negative(
-                temperature, message="temperature must be >= 0"
-            ),
-            tf.debugging.assert_less_equal(
-                start + max_new_tokens,
-                window,
-                message=(
-                    f"the prompt's tokens (plus [BOS]) and max_new_tokens must fit "
-                    f"the model's {window} positions"
-                ),
-            ),
-        ]
+        checks = _generate_checks(
+            batch, lengths, window, max_new_tokens, temperature, top_k, top_p, seed
+        )
         with tf.control_dependencies(checks):
             tokens = prompt_ids.to_tensor(
                 default_value=text.PAD_ID, shape=[None, window]
             )
-        # Sampling seed from the inputs: the same request, the same answer.
-        seed = tf.stack([tf.reduce_sum(start), tf.reduce_sum(max_new_tokens)])
-
-        def step(index, tokens, lengths):
-            logits = self.model(tokens, training=False)  # [B, L, V]
-            last = tf.gather(logits, lengths - 1, batch_dims=1)  # [B, V]
-            scale = tf.maximum(temperature, 1e-6)[:, None]
-            sampled = tf.random.stateless_categorical(
-                last / scale, 1, seed=seed + index, dtype=tf.int32
-            )[:, 0]
-            greedy = tf.argmax(last, axis=-1, output_type=tf.int32)
-            chosen = tf.where(temperature > 0, sampled, greedy)
-            active = index < max_new_tokens
-            position = tf.minimum(lengths, window - 1)
-            rows = tf.range(tf.shape(tokens)[0])
-            updated = tf.tensor_scatter_nd_update(
-                tokens, tf.stack([rows, position], axis=1), chosen
-            )
-            tokens = tf.where(active[:, None], updated, tokens)
-            return index + 1, tokens, lengths + tf.cast(active, tf.int32)
-
-        _, tokens, lengths = tf.while_loop(
-            lambda index, *_: (
-                index < tf.reduce_max(tf.concat([max_new_tokens, [0]], 0))
-            ),
-            step,
-            [tf.constant(0), tokens, start],
+            lengths = tf.cast(lengths, tf.int32)
+        out = generate_tokens(
+            self.decoder,
+            tokens,
+            lengths,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            end_id=text.EOS_ID,
+            suppressed_ids=(text.PAD_ID, text.BOS_ID),
         )
-        completed = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
-        return {"text": self.tokenizer.detokenize(completed)}
+        new_ids = tf.RaggedTensor.from_tensor(
+            out["token_ids"], lengths=out["num_tokens"]
+        )
+        completed = tf.concat([prompt_ids, new_ids], axis=1)
+        outputs = {
+            "text": self.tokenizer.detokenize(completed),
+            "token_ids": out["token_ids"],
+        }
+        if self.decoder.num_switch_layers:
+            outputs["expert"] = out["expert"]
+        return outputs
+
+
+def _generate_checks(
+    batch, lengths, window, max_new_tokens, temperature, top_k, top_p, seed
+):
+    """The `generate` signature's input checks (INVALID_ARGUMENT each)."""
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(value)[0], batch, message=f"one {name} per prompt"
+        )
+        for name, value in (
+            ("max_new_tokens", max_new_tokens),
+            ("temperature", temperature),
+            ("top_k", top_k),
+            ("top_p", top_p),
+            ("seed", seed),
+        )
+    ]
+    # In int64 and as a difference: start + max_new_tokens could overflow.
+    room = tf.constant(window, tf.int64) - lengths
+    return checks + [
+        tf.debugging.assert_non_negative(
+            max_new_tokens, message="max_new_tokens must be >= 0"
+        ),
+        tf.debugging.assert_less_equal(
+            tf.cast(max_new_tokens, tf.int64),
+            room,
+            message=(
+                f"the prompt tokens (plus [BOS]) and max_new_tokens must fit "
+                f"the {window} positions of the model"
+            ),
+        ),
+        tf.debugging.assert_non_negative(
+            temperature, message="temperature must be >= 0 (0: greedy)"
+        ),
+        tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0: off)"),
+        tf.debugging.Assert(
+            tf.reduce_all((top_p > 0) & (top_p <= 1)),
+            ["top_p must be in (0, 1] (1: off)"],
+        ),
+    ]
 
 
 def _next_version(model_dir):

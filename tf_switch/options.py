@@ -175,6 +175,10 @@ class SwitchOptions(RouterOptions):
         )
 
     def for_serving(self):
-        """These options for a single-device serving copy of a trained model:
-        each sequence its own routing group, experts whole."""
-        return self.replace(group_size=None, expert_parallel=False)
+        """These options for a single-device inference copy of a trained
+        model: each sequence its own routing group, dropless (no capacity at
+        inference, so no output depends on the rest of the batch, on padding
+        or on later tokens), experts whole."""
+        return self.replace(
+            group_size=None, eval_capacity_factor=None, expert_parallel=False
+        )

@@ -115,7 +115,10 @@ class TrainConfig:
         2000, "largest WordPiece vocabulary; the learner may stop a little below"
     )
     seed: int = _field(0, "random seed (weights, data order, dropout)")
-    sample_tokens: int = _field(120, "tokens of the text sample at the end")
+    sample_tokens: int = _field(
+        56, "new tokens of the sample (prompt plus sample fit the positions)"
+    )
+    sample_top_k: int = _field(40, "top-k of the sample; 0: off")
     prompt: str = _field("ROMEO:", "prompt of the text sample")
     output: str = _field("runs/tiny", "output directory")
 

@@ -30,7 +30,7 @@ from tf_switch.distribute import (
     resolve_strategy,
     split_cpu,
 )
-from tf_switch.export import export_for_serving, serving_model
+from tf_switch.export import export_for_serving
 from tf_switch.metrics import Perplexity
 from tf_switch.models import SwitchLanguageModel, get_preset, model_report
 from tf_switch.schedules import WarmupSchedule
@@ -44,7 +44,7 @@ from .callbacks import (
 )
 from .config import TrainConfig, parse_args
 from .data import EpochOrderedWindows
-from .generate import generate_ids
+from .generate import decoder_for, sample_text
 from .progress import ConciseProgbar
 from .validation_curve import ValidationCurve
 
@@ -159,19 +159,30 @@ def write_results(model, load_recorder, tokenizer, config):
     plots.plot_expert_load(
         load_recorder.history, os.path.join(config.output, "expert_load.png")
     )
-    prompt = tokenizer.tokenize(tf.constant([config.prompt])).numpy()[0].tolist()
-    # A plain single-device copy samples: calling the trained model here would
-    # update its routing metrics, which a multi-worker strategy synchronizes
-    # with workers that have stopped.
-    ids = generate_ids(
-        serving_model(model),
-        [text.BOS_ID, *prompt],
-        config.sample_tokens,
+    # The decoding of the SavedModel's `generate`, on a plain single-device
+    # copy: calling the trained model here would update its routing metrics,
+    # which a multi-worker strategy synchronizes with workers that have
+    # stopped. Prompt and sample must fit the model's positions.
+    decoder = decoder_for(model)
+    prompt_tokens = 1 + len(tokenizer.tokenize(tf.constant([config.prompt]))[0])
+    room = decoder.context_length - prompt_tokens
+    if config.sample_tokens > room:
+        logger.info(
+            "Sampling %d tokens, not %d: the prompt and the sample must fit the "
+            "model's %d positions.",
+            max(room, 0),
+            config.sample_tokens,
+            decoder.context_length,
+        )
+    sample = sample_text(
+        decoder,
+        tokenizer,
+        config.prompt,
+        max(min(config.sample_tokens, room), 0),
         temperature=0.8,
+        top_k=config.sample_top_k,
         seed=config.seed,
-        pad_id=text.PAD_ID,
     )
-    sample = tokenizer.detokenize(tf.ragged.constant([ids])).numpy()[0].decode()
     with open(os.path.join(config.output, "sample.txt"), "w") as f:
         f.write(sample + "\n")
     return sample, export_dir

@@ -13,6 +13,9 @@ from serving.status import clean_message
 from tests.serving.rest import NAME, check_error, predict, request
 from tests.tiny_export import random_token_ids, run_in_process
 
+# The generate signature's sampling inputs, valid: the case is elsewhere.
+SAMPLING = {"top_k": [0], "top_p": [1.0], "seed": [0]}
+
 BAD_REQUESTS = [
     ({"instances": [[5, 1.5]]}, "int32"),
     ({"instances": [[5, True]]}, "int32"),
@@ -32,14 +35,16 @@ BAD_REQUESTS = [
     (
         {
             "signature_name": "generate",
-            "inputs": {"prompt": [5], "max_new_tokens": [1], "temperature": [0.0]},
+            "inputs": {"prompt": [5], "max_new_tokens": [1], "temperature": [0.0]}
+            | SAMPLING,
         },
         "string",
     ),
     (
         {
             "signature_name": "generate",
-            "inputs": {"prompt": ["a"], "max_new_tokens": [1], "temperature": ["0"]},
+            "inputs": {"prompt": ["a"], "max_new_tokens": [1], "temperature": ["0"]}
+            | SAMPLING,
         },
         "float32",
     ),
@@ -51,7 +56,8 @@ BAD_REQUESTS = [
         {
             "signature_name": "generate",
             "inputs": {"prompt": ["a"], "max_new_tokens": [1]}
-            | {"temperature": [10**400]},
+            | {"temperature": [10**400]}
+            | SAMPLING,
         },
         # rapidjson stores it as a double, which overflows (json_tensor.cc).
         "Number too big to be stored in double",
@@ -60,7 +66,8 @@ BAD_REQUESTS = [
         {
             "signature_name": "generate",
             "inputs": {"prompt": ["a"], "max_new_tokens": [1]}
-            | {"temperature": [1e39]},
+            | {"temperature": [1e39]}
+            | SAMPLING,
         },
         "out of range for float32",
     ),
@@ -75,7 +82,8 @@ BAD_REQUESTS = [
         {
             "signature_name": "generate",
             "inputs": {"prompt": [{"b64": "*"}], "max_new_tokens": [1]}
-            | {"temperature": [0.0]},
+            | {"temperature": [0.0]}
+            | SAMPLING,
         },
         "base64",
     ),
@@ -105,7 +113,8 @@ RAW_BODIES = [
     (
         '{"signature_name": "generate", "instances": [{"prompt": "\u00e9'.encode()
         + b"\xe9\xff"
-        + b'", "max_new_tokens": 1, "temperature": 0}]}',
+        + b'", "max_new_tokens": 1, "temperature": 0, "top_k": 0, "top_p": 1,'
+        + b' "seed": 0}]}',
         "not valid UTF-8",
     ),  # fmt: skip
     (b"[" * 100_000, "nested too deeply"),

@@ -92,10 +92,18 @@ def test_generate_matches_the_saved_model(clients, exported, kind):
         "generate",
         prompt=np.array(prompts, object),
         max_new_tokens=np.array([3, 3], np.int32),
-        temperature=np.array([0.0, 0.0], np.float32),
-    )["text"]
+        temperature=np.array([0.8, 0.8], np.float32),
+        top_k=np.array([5, 5], np.int32),
+        top_p=np.array([0.9, 0.9], np.float32),
+        seed=np.array([4, 4], np.int32),
+    )
+    outputs = clients[kind].generate_outputs(
+        prompts, max_new_tokens=3, temperature=0.8, top_k=5, top_p=0.9, seed=4
+    )
+    assert sorted(outputs) == ["expert", "text", "token_ids"]
+    for name, value in expected.items():
+        np.testing.assert_array_equal(outputs[name], value)
     texts = clients[kind].generate(prompts, max_new_tokens=3, temperature=0.0)
-    assert texts == [t.decode() for t in expected]
     # A single prompt string is a batch of one.
     assert clients[kind].generate("The king", max_new_tokens=3, temperature=0) == [
         texts[0]
@@ -183,10 +191,18 @@ def _cli(argv):
 
 
 def test_cli(rest_url, grpc_target, clients, exported):
-    expected = clients["rest"].generate(["ROMEO:"], max_new_tokens=4, temperature=0)
+    expected = clients["rest"].generate_outputs(
+        ["ROMEO:"], max_new_tokens=4, temperature=0.5, top_k=3, seed=2
+    )
     argv = ["--rest", rest_url, "--model", NAME, "generate", "--prompt", "ROMEO:"]
-    code, out, _ = _cli(argv + ["--max-new-tokens", "4", "--temperature", "0"])
-    assert code == 0 and json.loads(out) == {"text": expected}
+    options = ["--temperature", "0.5", "--top-k", "3", "--seed", "2"]
+    code, out, _ = _cli(argv + ["--max-new-tokens", "4", *options])
+    assert code == 0
+    assert json.loads(out) == {
+        "expert": expected["expert"].tolist(),
+        "text": [expected["text"][0].decode()],
+        "token_ids": expected["token_ids"].tolist(),
+    }
     code, out, _ = _cli(["--grpc", grpc_target, "predict", "--token-ids", "2,10,11"])
     assert code == 0
     body = json.loads(out)

@@ -94,6 +94,9 @@ def test_past_the_deadline_is_deadline_exceeded(exported):
             prompt=np.array([b"The king"], object),
             max_new_tokens=np.array([8], np.int32),
             temperature=np.array([0.0], np.float32),
+            top_k=np.array([0], np.int32),
+            top_p=np.array([1.0], np.float32),
+            seed=np.array([0], np.int32),
         )
         code, message = _error(slow.predict.Predict, request)
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -112,8 +115,11 @@ def test_a_client_deadline_leaves_the_server_healthy(served):
     request = predict_request(
         "generate",
         prompt=np.array([b"The king"] * 4, object),
-        max_new_tokens=np.array([12] * 4, np.int32),
+        max_new_tokens=np.array([8] * 4, np.int32),
         temperature=np.array([0.0] * 4, np.float32),
+        top_k=np.array([0] * 4, np.int32),
+        top_p=np.array([1.0] * 4, np.float32),
+        seed=np.array([0] * 4, np.int32),
     )
     with pytest.raises(grpc.RpcError) as info:
         served.predict.Predict(request, timeout=0.001)

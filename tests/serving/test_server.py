@@ -106,20 +106,36 @@ def test_generate_with_strings_and_b64(server, exported):
         "generate",
         prompt=np.array(prompts, object),
         max_new_tokens=np.array([3, 2], np.int32),
-        temperature=np.array([0.0, 0.0], np.float32),
-    )["text"]
+        temperature=np.array([0.0, 0.7], np.float32),
+        top_k=np.array([0, 4], np.int32),
+        top_p=np.array([1.0, 0.9], np.float32),
+        seed=np.array([0, 5], np.int32),
+    )
     rows = [
-        {"prompt": p, "max_new_tokens": n, "temperature": 0}
-        for p, n in zip(prompts, [3, 2], strict=True)
+        {"prompt": p, "max_new_tokens": n, "temperature": t}
+        | {"top_k": k, "top_p": top_p, "seed": seed}
+        for p, n, t, k, top_p, seed in zip(
+            prompts, [3, 2], [0, 0.7], [0, 4], [1, 0.9], [0, 5], strict=True
+        )
     ]
     status, body = predict(server, {"signature_name": "generate", "instances": rows})
     assert status == 200
-    assert body["predictions"] == [t.decode() for t in expected]
+    assert [row["text"] for row in body["predictions"]] == [
+        t.decode() for t in expected["text"]
+    ]
+    assert [row["token_ids"] for row in body["predictions"]] == (
+        expected["token_ids"].tolist()
+    )
+    assert [row["expert"] for row in body["predictions"]] == (
+        expected["expert"].tolist()
+    )
     b64 = [{"b64": base64.b64encode(p.encode()).decode()} for p in prompts]
-    columns = {"prompt": b64, "max_new_tokens": [3, 2], "temperature": [0.0, 0]}
+    columns = {"prompt": b64, "max_new_tokens": [3, 2], "temperature": [0.0, 0.7]}
+    columns |= {"top_k": [0, 4], "top_p": [1.0, 0.9], "seed": [0, 5]}
     status, body = predict(server, {"signature_name": "generate", "inputs": columns})
     assert status == 200
-    assert body["outputs"] == [t.decode() for t in expected]
+    assert body["outputs"]["text"] == [t.decode() for t in expected["text"]]
+    assert body["outputs"]["token_ids"] == expected["token_ids"].tolist()
 
 
 def test_output_encoding():
@@ -153,6 +169,7 @@ def test_deadline_is_504(exported):
             "signature_name": "generate",
             "instances": [
                 {"prompt": "The king", "max_new_tokens": 8, "temperature": 0}
+                | {"top_k": 0, "top_p": 1.0, "seed": 0}
             ],
         }
         status, answer = predict(server, body)

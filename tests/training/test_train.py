@@ -90,6 +90,20 @@ def test_training_job_writes_every_artifact(corpus_dir, tmp_path, capsys):
         rtol=1e-5,
         atol=1e-5,
     )
+    # The demo's sample is the SavedModel's `generate` answer: one decoder.
+    request = {
+        "prompt": ["KING:"],
+        "max_new_tokens": [8],
+        "temperature": [0.8],
+        "top_k": [40],
+        "top_p": [1.0],
+        "seed": [0],
+    }
+    generated = loaded.signatures["generate"](
+        **{k: tf.constant(v) for k, v in request.items()}
+    )
+    sample = (tmp_path / "sample.txt").read_text()
+    assert sample == generated["text"][0].numpy().decode() + "\n"
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2

@@ -1,5 +1,7 @@
 """A pre-LayerNorm transformer block with a Switch (or dense) FFN."""
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -163,24 +165,86 @@ class SwitchBlock(keras.layers.Layer):
         )
         x = inputs + self.attention_dropout_layer(attended, training=training)
 
-        normed = self.ffn_norm(x)
-        stats = None
-        if self.num_experts is None:
-            hidden_dim = normed.shape[-1]
-            flat = tf.reshape(normed, [1, -1, hidden_dim])
-            ffn_out = tf.reshape(self.ffn(flat, training=training), tf.shape(normed))
-            ffn_out.set_shape(normed.shape)
-        else:
-            ffn_out, stats = self.ffn(
+        ffn_out, stats = self._feed_forward(self.ffn_norm(x), padding_mask, training)
+        outputs = x + self.ffn_dropout_layer(ffn_out, training=training)
+        if return_router_stats:
+            return outputs, stats
+        return outputs
+
+    def _feed_forward(self, normed, padding_mask, training):
+        """The FFN (Switch or dense) on `[B, T, d]`; returns (outputs, stats)."""
+        if self.num_experts is not None:
+            return self.ffn(
                 normed,
                 padding_mask=padding_mask,
                 training=training,
                 return_router_stats=True,
             )
-        outputs = x + self.ffn_dropout_layer(ffn_out, training=training)
-        if return_router_stats:
-            return outputs, stats
-        return outputs
+        hidden_dim = normed.shape[-1]
+        flat = tf.reshape(normed, [1, -1, hidden_dim])
+        ffn_out = tf.reshape(self.ffn(flat, training=training), tf.shape(normed))
+        ffn_out.set_shape(normed.shape)
+        return ffn_out, None
+
+    def call_with_cache(self, inputs, key_cache, value_cache, cache_index):
+        """Inference on T new positions per row, with a key/value cache.
+
+        Row b's inputs are the positions `cache_index[b] + t`, t < T. Their
+        keys and values are written into the caches at those positions, and
+        each attends to every cached position up to its own (causal), so a
+        prefill (T = L, `cache_index` 0) equals `call` on the whole window and
+        a decoding step (T = 1) equals `call` on the sequence so far. Cache
+        slots beyond a row's position may hold anything: they are never
+        read. The Switch FFN routes the T tokens of each row as one group:
+        with one token per step no capacity can drop it, so decoding routes
+        exactly as a dropless full pass does.
+
+        Args:
+            inputs: `[B, T, hidden]`, T static.
+            key_cache, value_cache: `[B, L, num_heads, head_dim]`, L static.
+            cache_index: `<int32>[B]`, each row's first position, with
+                `cache_index + T <= L`.
+
+        Returns:
+            `(outputs [B, T, hidden], key_cache, value_cache, token_expert)`;
+            `token_expert` is `<int32>[B, T]`, each token's expert (-1 when
+            dropped), or None for a dense block.
+        """
+        steps, length = inputs.shape[1], key_cache.shape[1]
+        normed = self.attention_norm(inputs)
+        query = self.attention.query_dense(normed)  # [B, T, H, D]
+        keys = self.attention.key_dense(normed)
+        values = self.attention.value_dense(normed)
+        slots = tf.range(length)[None, :]  # [1, L]
+        if steps == 1:  # a decoding step: one scatter per cache
+            rows = tf.range(tf.shape(inputs)[0])
+            where = tf.stack([rows, cache_index], axis=1)  # [B, 2]
+            key_cache = tf.tensor_scatter_nd_update(key_cache, where, keys[:, 0])
+            value_cache = tf.tensor_scatter_nd_update(value_cache, where, values[:, 0])
+        else:  # slot l of row b takes input l - cache_index[b], if any
+            offset = slots - cache_index[:, None]  # [B, L]
+            written = ((offset >= 0) & (offset < steps))[:, :, None, None]
+            source = tf.clip_by_value(offset, 0, steps - 1)
+            key_cache = tf.where(
+                written, tf.gather(keys, source, batch_dims=1), key_cache
+            )
+            value_cache = tf.where(
+                written, tf.gather(values, source, batch_dims=1), value_cache
+            )
+        query_position = cache_index[:, None] + tf.range(steps)[None, :]  # [B, T]
+        visible = slots[:, None, :] <= query_position[:, :, None]  # [B, T, L]
+        # Scaled dot-product attention, as MultiHeadAttention computes it
+        # (no attention dropout at inference), in few ops: a decoding step
+        # is dominated by per-op overhead, not arithmetic.
+        scale = tf.cast(1.0 / math.sqrt(query.shape[-1]), query.dtype)
+        scores = tf.einsum("bthd,bshd->bhts", query * scale, key_cache)
+        scores = tf.where(visible[:, None], scores, scores.dtype.min)
+        weights = tf.nn.softmax(scores, axis=-1)  # [B, H, T, L]
+        attended = tf.einsum("bhts,bshd->bthd", weights, value_cache)
+        x = inputs + self.attention.output_dense(attended)
+        ffn_out, stats = self._feed_forward(self.ffn_norm(x), None, False)
+        token_expert = None if stats is None else stats["token_expert"]
+        return x + ffn_out, key_cache, value_cache, token_expert
 
     def compute_mask(self, inputs, mask=None):
         return mask
