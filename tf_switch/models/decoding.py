@@ -41,9 +41,9 @@ def inference_model(model):
     `[N, ...]`); dropout is inactive at inference anyway, and the routers
     update no metric (a request must not write state).
     """
-    config = model.config.replace(
-        switch_options=model.config.switch_options.for_serving()
-    )
+    config = model.config
+    if config.num_experts is not None:
+        config = config.replace(switch_options=config.switch_options.for_serving())
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
