@@ -44,6 +44,7 @@ from .callbacks import (
 from .config import TrainConfig, parse_args
 from .data import EpochOrderedWindows
 from .generate import generate_ids
+from .precision import warn_if_slow_bfloat16
 from .progress import ConciseProgbar
 
 logger = logging.getLogger("training")
@@ -210,6 +211,7 @@ def train(config, strategy=None):
     os.makedirs(config.output, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)
+    warn_if_slow_bfloat16(config.precision)
     strategy = strategy or resolve_strategy(config.strategy)
     if config.expert_parallel:
         check_expert_parallel(config, strategy)
