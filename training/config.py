@@ -30,7 +30,7 @@ def _field(default, help, **argparse_options):
     )
 
 
-def capacity_factor(value):
+def parse_capacity_factor(value):
     """A capacity factor flag: a positive float, or `none` for dropless."""
     if isinstance(value, str) and value.lower() == DROPLESS:
         return DROPLESS
@@ -52,12 +52,12 @@ class TrainConfig:
         None,
         f"training capacity factor, or '{DROPLESS}' for dropless routing "
         "(default: the preset's)",
-        type=capacity_factor,
+        type=parse_capacity_factor,
     )
     eval_capacity_factor: float | str | None = _field(
         None,
         f"evaluation capacity factor, or '{DROPLESS}' (default: the preset's)",
-        type=capacity_factor,
+        type=parse_capacity_factor,
     )
     group_size: int | None = _field(
         None, "tokens per routing group (default: the preset's)"
