@@ -226,7 +226,14 @@ def test_a_groups_output_does_not_depend_on_other_groups(config, changed_group):
     x2[changed_group] = random_inputs((6, 4), seed=config["seed"] + 1)
     y2 = np.asarray(ffn(x2, training=True))
     for g in range(3):
-        if g != changed_group:
+        if g == changed_group:
+            continue
+        if config["capacity_factor"] is None:
+            # Dropless dispatches sorted: each expert's matmul has as many
+            # rows as the whole batch routes to it, and the row count can
+            # change the kernel's rounding (not the routing) in the last bit.
+            np.testing.assert_allclose(y[g], y2[g], rtol=1e-6, atol=1e-7)
+        else:
             np.testing.assert_array_equal(y[g], y2[g])
 
 
