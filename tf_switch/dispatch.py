@@ -15,7 +15,7 @@ batched matmul per weight matrix, empty slots included.
   what CPUs and GPUs like, and it does not grow with the group size. With
   tokens-choose routing every pass, forward and backward, is a gather (Tutel's
   fast dispatch): the backward of a gather is a gather through the inverse
-  map (`token_slot`), not a scatter-add. Expert-choice routing, where a token
+  map (`choice_slot`), not a scatter-add. Expert-choice routing, where a token
   may fill any number of slots, combines with a segment sum.
 
 - `"sorted"`: takes `SortedRouting`, the kept choices sorted by expert: the
