@@ -23,8 +23,15 @@ on inputs `[tokens / 512, 512, 512]`:
   dense FFN with the FLOPs per token of one expert (same code and init).
 - `floor`: `ExpertFFN(num_experts=N)` alone on `[N, ceil(c * tokens / N), 512]`,
   the experts' work with no routing at all.
+- `floor2d`: the same experts as per-expert 2-D matmuls over `[N * C, d]`
+  rows sorted by expert (`ExpertFFN(..., expert_sizes=...)`), the layout of
+  the sorted dispatch, with no routing.
 - `gather`: `SwitchFFN(dispatch="gather")`, one group of all the tokens.
 - `einsum`: `SwitchFFN(dispatch="einsum")`, groups of 512 tokens.
+- `sorted`: `SwitchFFN(dispatch="sorted")`, one group of all the tokens:
+  capacity-limited routing with no padded slots.
+- `dropless`: `SwitchFFN(capacity_factor=None)`, one group of all the tokens
+  (sorted dispatch; cf shown as "-", ratio "x g1.0" against gather at cf 1.0).
 - `mg`: TF Model Garden's `MoeLayer` + `FeedForwardExperts` with the top-1
   tokens-choose router in `model_garden_switch.py`, groups of 512 tokens
   (`examples_per_group=1`).
@@ -63,6 +70,7 @@ from speed_report import (
     IMPLEMENTATIONS,
     add_ratios,
     print_bfloat16_speedups,
+    print_sorted_targets,
     print_table,
     print_targets,
 )
@@ -322,6 +330,7 @@ def main():
         print(f"\nWARNING: tf_switch changed during the run: {revisions}")
     print_bfloat16_speedups(records)
     print_targets(records)
+    print_sorted_targets(records)
     if args.output:
         write_output(args.output, machine, command, records)
     print(f"\nTotal {time.perf_counter() - started:.0f} s.")

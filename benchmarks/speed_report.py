@@ -9,7 +9,17 @@ ratios that the tables print.
 
 import sys
 
-IMPLEMENTATIONS = ("dense", "floor", "gather", "einsum", "mg")
+IMPLEMENTATIONS = (
+    "dense",
+    "floor",
+    "floor2d",
+    "gather",
+    "einsum",
+    "sorted",
+    "dropless",
+    "mg",
+)
+ROUTED = ("gather", "einsum", "sorted", "dropless", "mg")
 
 # Performance targets from the issue, checked at the end of a run.
 FLOOR_TOLERANCE = 1.05  # gather / floor, everywhere
@@ -18,6 +28,10 @@ DENSE_TARGET_TOKENS_PER_EXPERT = 1024
 MODEL_GARDEN_SPEEDUP = 1.4  # MG / gather, with >= 256 tokens/expert
 MODEL_GARDEN_TARGET_TOKENS_PER_EXPERT = 256
 BFLOAT16_SPEEDUP = 1.75  # float32 / mixed_bfloat16, gather
+# Sorted dispatch and dropless routing (issue 11).
+SORTED_DENSE_TOLERANCE = 1.10  # dropless and cf-1.0 paths / dense
+SORTED_TARGET_TOKENS_PER_EXPERT = 512
+DROPLESS_GATHER_TOLERANCE = 1.05  # dropless / gather at cf 1.0, everywhere
 # A row whose wall-time and CPU-time ratios differ by more than this was
 # disturbed by other work on the machine; its verdict is flagged as NOISY.
 NOISE_TOLERANCE = 0.10
@@ -51,9 +65,15 @@ def add_ratios(records):
         model_garden = find_record(
             records, record, impl="mg", capacity_factor=record["capacity_factor"]
         )
+        gather_at_one = find_record(records, record, impl="gather", capacity_factor=1.0)
         record["vs_dense"] = ratio(record, dense)
         record["cpu_vs_dense"] = ratio(record, dense, "median_cpu_ms")
-        routed = record["impl"] in ("gather", "einsum", "mg")
+        sorted_impl = record["impl"] in ("sorted", "dropless")
+        record["vs_gather_1"] = ratio(record, gather_at_one) if sorted_impl else None
+        record["cpu_vs_gather_1"] = (
+            ratio(record, gather_at_one, "median_cpu_ms") if sorted_impl else None
+        )
+        routed = record["impl"] in ROUTED or record["impl"] == "floor2d"
         record["vs_floor"] = ratio(record, floor) if routed else None
         record["cpu_vs_floor"] = (
             ratio(record, floor, "median_cpu_ms") if routed else None
@@ -80,6 +100,7 @@ TABLE_COLUMNS = (
     ("x dense", 8),
     ("x floor", 8),
     ("MG/this", 8),
+    ("x g1.0", 7),
     ("cpu x dense", 12),
     ("cpu x floor", 12),
     ("others", 7),
@@ -101,6 +122,7 @@ def table_row(record):
         format_ratio(record["vs_dense"]),
         format_ratio(record["vs_floor"]),
         format_ratio(record["mg_over_this"]),
+        format_ratio(record.get("vs_gather_1")),
         format_ratio(record["cpu_vs_dense"]),
         format_ratio(record["cpu_vs_floor"]),
         format_ratio(record.get("median_other_cores")),
@@ -297,6 +319,61 @@ def print_targets(records):
                 ratio(fp32, bf16) >= BFLOAT16_SPEEDUP,
             )
             for fp32, bf16 in bfloat16_speedups(gather)
+        ],
+    )
+
+
+def print_sorted_targets(records):
+    """Issue 11's targets for sorted dispatch and dropless routing."""
+    dropless = [r for r in records if r["impl"] == "dropless"]
+    at_one = [
+        r
+        for r in records
+        if r["impl"] in ("gather", "sorted") and r["capacity_factor"] == 1.0
+    ]
+    print("\n== Targets (sorted dispatch, dropless; best wall time, CPU in parens) ==")
+    print_target(
+        f"dropless / dense <= {SORTED_DENSE_TOLERANCE} where tokens/N >= "
+        f"{SORTED_TARGET_TOKENS_PER_EXPERT}",
+        [
+            (
+                r,
+                r["vs_dense"],
+                r["cpu_vs_dense"],
+                r["vs_dense"] <= SORTED_DENSE_TOLERANCE,
+            )
+            for r in dropless
+            if r["vs_dense"] is not None
+            and tokens_per_expert(r) >= SORTED_TARGET_TOKENS_PER_EXPERT
+        ],
+    )
+    print_target(
+        f"dropless / gather cf 1.0 <= {DROPLESS_GATHER_TOLERANCE} everywhere",
+        [
+            (
+                r,
+                r["vs_gather_1"],
+                r["cpu_vs_gather_1"],
+                r["vs_gather_1"] <= DROPLESS_GATHER_TOLERANCE,
+            )
+            for r in dropless
+            if r["vs_gather_1"] is not None
+        ],
+    )
+    print_target(
+        f"capacity path (gather, sorted) cf 1.0 / dense <= "
+        f"{SORTED_DENSE_TOLERANCE} where tokens/N >= "
+        f"{SORTED_TARGET_TOKENS_PER_EXPERT}",
+        [
+            (
+                r,
+                r["vs_dense"],
+                r["cpu_vs_dense"],
+                r["vs_dense"] <= SORTED_DENSE_TOLERANCE,
+            )
+            for r in at_one
+            if r["vs_dense"] is not None
+            and tokens_per_expert(r) >= SORTED_TARGET_TOKENS_PER_EXPERT
         ],
     )
 

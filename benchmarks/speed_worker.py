@@ -114,21 +114,61 @@ def floor_candidates(num_experts, tokens, capacity_factors, precision):
     return candidates
 
 
+class SortedFloor(keras.layers.Layer):
+    """The experts alone as per-expert 2-D matmuls over `[N * C, d]` rows sorted
+    by expert, C each: the floor of the sorted dispatch's expert layout."""
+
+    def __init__(self, num_experts, slots, **kwargs):
+        super().__init__(**kwargs)
+        self.experts = tf_switch.ExpertFFN(
+            num_experts=num_experts, intermediate_dim=INTERMEDIATE_DIM
+        )
+        self.expert_sizes = tf.fill([num_experts], slots)
+
+    def call(self, inputs, training=None):
+        return self.experts(inputs, expert_sizes=self.expert_sizes, training=training)
+
+
+def floor2d_candidates(num_experts, tokens, capacity_factors, precision):
+    """`SortedFloor(N)` on each capacity factor's `[N * C, d]` rows."""
+    candidates = []
+    for capacity_factor in capacity_factors:
+        slots = math.ceil(capacity_factor * tokens / num_experts)
+        layer = SortedFloor(num_experts, slots, name="floor2d")
+        inputs = random_inputs([num_experts * slots, HIDDEN_DIM], precision)
+        candidates.append(
+            candidate_for(
+                "floor2d",
+                layer,
+                inputs,
+                precision,
+                num_experts,
+                capacity_factor=capacity_factor,
+                slots_per_expert=slots,
+            )
+        )
+    return candidates
+
+
 def switch_candidate(impl, num_experts, capacity_factor, inputs, precision, args):
-    """`SwitchFFN` with gather (one group of all tokens) or einsum dispatch."""
+    """`SwitchFFN` with gather or sorted dispatch (one group of all tokens),
+    einsum dispatch (groups of `--einsum-group-size`), or dropless routing
+    (`impl="dropless"`: capacity_factor None, which dispatches sorted)."""
     tokens = math.prod(inputs.shape[:-1])
-    group_size = tokens if impl == "gather" else args.einsum_group_size
+    group_size = args.einsum_group_size if impl == "einsum" else tokens
     layer = tf_switch.SwitchFFN(
         num_experts=num_experts,
         intermediate_dim=INTERMEDIATE_DIM,
         activation="relu",
         group_size=group_size,
-        dispatch=impl,
+        dispatch="sorted" if impl == "dropless" else impl,
         capacity_factor=capacity_factor,
         name=f"switch_{impl}",
     )
     capacity = layer.router.expert_capacity(group_size, training=True)
     slots = tokens // group_size * capacity
+    if impl in ("sorted", "dropless"):  # rows computed: the routed tokens
+        slots = min(slots, tokens // num_experts)
     return candidate_for(
         impl,
         layer,
@@ -168,11 +208,21 @@ def block_candidates(num_experts, tokens, precision, args):
         candidates += floor_candidates(
             num_experts, tokens, args.capacity_factors, precision
         )
+    if "floor2d" in args.impls:
+        candidates += floor2d_candidates(
+            num_experts, tokens, args.capacity_factors, precision
+        )
     token_inputs = random_inputs(
         [tokens // SEQUENCE_LENGTH, SEQUENCE_LENGTH, HIDDEN_DIM], precision
     )
+    if "dropless" in args.impls:
+        candidates.append(
+            switch_candidate(
+                "dropless", num_experts, None, token_inputs, precision, args
+            )
+        )
     for capacity_factor in args.capacity_factors:
-        for impl in ("gather", "einsum"):
+        for impl in ("gather", "einsum", "sorted"):
             if impl in args.impls:
                 candidates.append(
                     switch_candidate(

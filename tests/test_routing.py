@@ -88,11 +88,11 @@ def test_all_tokens_to_one_expert_keeps_the_first_capacity_tokens():
     decision = routing.tokens_choose_routing(
         probs, top_k=1, capacity=2, mask=np.ones((1, 6), bool), batch_prioritized=False
     )
-    np.testing.assert_array_equal(decision["kept"][0, :, 0], [1, 1, 0, 0, 0, 0])
-    np.testing.assert_array_equal(decision["slot_token"][0, 0], [0, 1])
-    np.testing.assert_array_equal(decision["slot_mask"][0, 0], [True, True])
-    assert not np.any(decision["slot_mask"][0, 1:])
-    np.testing.assert_allclose(decision["slot_weight"][0, 0], [0.7, 0.7])
+    np.testing.assert_array_equal(decision.kept[0, :, 0], [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(decision.slot_token[0, 0], [0, 1])
+    np.testing.assert_array_equal(decision.slot_mask[0, 0], [True, True])
+    assert not np.any(decision.slot_mask[0, 1:])
+    np.testing.assert_allclose(decision.slot_weight[0, 0], [0.7, 0.7])
 
 
 def test_padding_takes_no_slot():
@@ -102,8 +102,8 @@ def test_padding_takes_no_slot():
         probs, top_k=1, capacity=2, mask=mask, batch_prioritized=False
     )
     # Padding tokens 0 and 2 do not use up expert 0's capacity.
-    np.testing.assert_array_equal(decision["slot_token"][0, 0], [1, 3])
-    np.testing.assert_array_equal(decision["kept"][0, :, 0], [0, 1, 0, 1])
+    np.testing.assert_array_equal(decision.slot_token[0, 0], [1, 3])
+    np.testing.assert_array_equal(decision.kept[0, :, 0], [0, 1, 0, 1])
 
 
 def test_batch_prioritized_routing_keeps_the_most_confident_tokens():
@@ -112,8 +112,8 @@ def test_batch_prioritized_routing_keeps_the_most_confident_tokens():
     decision = routing.tokens_choose_routing(
         probs, top_k=1, capacity=2, mask=np.ones((1, 4), bool), batch_prioritized=True
     )
-    np.testing.assert_array_equal(decision["kept"][0, :, 0], [0, 1, 0, 1])
-    np.testing.assert_array_equal(decision["slot_token"][0, 0], [1, 3])
+    np.testing.assert_array_equal(decision.kept[0, :, 0], [0, 1, 0, 1])
+    np.testing.assert_array_equal(decision.slot_token[0, 0], [1, 3])
 
 
 def test_top2_gives_every_first_choice_priority_over_second_choices():
@@ -123,10 +123,10 @@ def test_top2_gives_every_first_choice_priority_over_second_choices():
     decision = routing.tokens_choose_routing(
         probs, top_k=2, capacity=2, mask=np.ones((1, 3), bool), batch_prioritized=False
     )
-    kept = np.asarray(decision["kept"][0])  # [T, k]
+    kept = np.asarray(decision.kept[0])  # [T, k]
     np.testing.assert_array_equal(kept[:, 0], [1, 1, 1])
     assert not kept[0, 1]  # token 0's second choice (expert 0) dropped
-    np.testing.assert_array_equal(decision["slot_token"][0, 0], [1, 2])
+    np.testing.assert_array_equal(decision.slot_token[0, 0], [1, 2])
 
 
 def test_experts_choose_takes_each_experts_top_tokens():
@@ -134,19 +134,19 @@ def test_experts_choose_takes_each_experts_top_tokens():
     decision = routing.experts_choose_routing(
         probs, capacity=2, mask=np.ones((1, 4), bool)
     )
-    np.testing.assert_array_equal(decision["slot_token"][0, 0], [0, 2])
-    np.testing.assert_array_equal(decision["slot_token"][0, 1], [1, 3])
-    np.testing.assert_allclose(decision["slot_weight"][0, 1], [0.8, 0.7])
-    assert np.all(decision["kept"])
+    np.testing.assert_array_equal(decision.slot_token[0, 0], [0, 2])
+    np.testing.assert_array_equal(decision.slot_token[0, 1], [1, 3])
+    np.testing.assert_allclose(decision.slot_weight[0, 1], [0.8, 0.7])
+    assert np.all(decision.kept)
 
 
 def test_experts_choose_never_takes_padding():
     probs = np.array([[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]], np.float32)
     mask = np.array([[False, True, True]])
     decision = routing.experts_choose_routing(probs, capacity=3, mask=mask)
-    taken = np.asarray(decision["slot_token"])[np.asarray(decision["slot_mask"])]
+    taken = np.asarray(decision.slot_token)[np.asarray(decision.slot_mask)]
     assert 0 not in taken
-    np.testing.assert_array_equal(decision["kept"][0, :, 0], [0, 1, 1])
+    np.testing.assert_array_equal(decision.kept[0, :, 0], [0, 1, 1])
 
 
 @st.composite
@@ -168,9 +168,9 @@ def routing_problems(draw):
 def test_tokens_choose_invariants(problem):
     probs, top_k, capacity, mask, prioritized = problem
     decision = routing.tokens_choose_routing(probs, top_k, capacity, mask, prioritized)
-    slot_token = np.asarray(decision["slot_token"])
-    slot_mask = np.asarray(decision["slot_mask"])
-    kept = np.asarray(decision["kept"])
+    slot_token = np.asarray(decision.slot_token)
+    slot_mask = np.asarray(decision.slot_mask)
+    kept = np.asarray(decision.kept)
     groups, tokens, experts = probs.shape
     top = np.argsort(-probs, axis=-1, kind="stable")[..., :top_k]
     # Slots hold exactly the kept choices: no expert over capacity (by
@@ -194,3 +194,45 @@ def test_tokens_choose_invariants(problem):
             chosen = mask[g] & np.any(top[g] == e, axis=-1)
             held = slot_mask[g, e].sum()
             assert held == min(capacity, chosen.sum())
+
+
+@given(routing_problems(), st.booleans())
+def test_sorted_routing_keeps_the_same_choices_as_slots(problem, dropless):
+    probs, top_k, capacity, mask, prioritized = problem
+    capacity = None if dropless else capacity
+    slots = routing.tokens_choose_routing(
+        probs, top_k, capacity or probs.shape[1], mask, prioritized
+    )
+    decision = routing.sorted_routing(probs, top_k, capacity, mask, prioritized)
+    kept = np.asarray(decision.kept)
+    np.testing.assert_array_equal(kept, slots.kept)
+    np.testing.assert_allclose(decision.choice_weight, slots.choice_weight)
+    if dropless:  # every valid choice, no more
+        np.testing.assert_array_equal(kept, np.repeat(mask[..., None], top_k, -1))
+    # Rows: one per kept choice, sorted by expert, each pointing back at the
+    # choice that points at it; dropped choices point past the end.
+    sizes = np.asarray(decision.expert_sizes)
+    num_rows = kept.sum()
+    assert sizes.sum() == num_rows == len(decision.sorted_token)
+    row_expert = np.repeat(np.arange(probs.shape[2]), sizes)
+    top = np.argsort(-probs, axis=-1, kind="stable")[..., :top_k]  # [G, T, k]
+    choice_row = np.asarray(decision.choice_row)
+    sorted_token = np.asarray(decision.sorted_token)
+    tokens = probs.shape[1]
+    if capacity is not None:  # per group and expert
+        pairs = np.stack([sorted_token // tokens, row_expert], axis=-1)
+        _, counts = np.unique(pairs, axis=0, return_counts=True)
+        assert np.all(counts <= capacity)
+    for g, t, j in zip(*np.nonzero(kept), strict=True):
+        row = choice_row[g, t, j]
+        assert sorted_token[row] == g * tokens + t
+        assert row_expert[row] == top[g, t, j]
+        assert decision.sorted_weight[row] == probs[g, t, top[g, t, j]]
+    assert np.all(choice_row[~kept] == num_rows)
+
+
+def test_sorted_routing_keeps_sequence_order_within_an_expert():
+    probs = np.tile(np.array([0.7, 0.3], np.float32), (2, 3, 1))  # all to 0
+    decision = routing.sorted_routing(probs, 1, None, np.ones((2, 3), bool), False)
+    np.testing.assert_array_equal(decision.expert_sizes, [6, 0])
+    np.testing.assert_array_equal(decision.sorted_token, [0, 1, 2, 3, 4, 5])

@@ -1,8 +1,12 @@
-"""Moving tokens to expert slots and back: two implementations, same results.
+"""Moving tokens to their experts and back: three methods, same results.
 
-Both take the slot form of a routing decision (see `tf_switch.routing`) and lay
-the expert inputs out expert-major, `[N, G*C, d]`, so that the experts run as
-one batched matmul per weight matrix.
+The method is chosen by the caller (`SwitchOptions.dispatch`) and must suit the
+decision's layout (`tf_switch.decision`); a mismatch is an error.
+
+`"einsum"` and `"gather"` take the slot layouts (`SlotRouting`,
+`ExpertChoiceRouting`) and lay the expert inputs out expert-major,
+`[N, G*C, d]`, static shapes that XLA compiles; the experts run as one
+batched matmul per weight matrix, empty slots included.
 
 - `"einsum"`: one-hot dispatch and combine tensors `[G, N, C, T]` contracted
   with einsum (GShard, Mesh TensorFlow). Dense matmuls that TPUs like; costs
@@ -11,8 +15,14 @@ one batched matmul per weight matrix.
   what CPUs and GPUs like, and it does not grow with the group size. With
   tokens-choose routing every pass, forward and backward, is a gather (Tutel's
   fast dispatch): the backward of a gather is a gather through the inverse
-  map (`token_slot`), not a scatter-add. Expert-choice routing, where a token
+  map (`choice_slot`), not a scatter-add. Expert-choice routing, where a token
   may fill any number of slots, combines with a segment sum.
+
+- `"sorted"`: takes `SortedRouting`, the kept choices sorted by expert: the
+  expert inputs are `[M, d]`, one contiguous segment per expert, with no empty
+  slot, so each expert computes exactly its own tokens (per-expert 2-D
+  matmuls, `ExpertFFN(..., expert_sizes=...)`). Every pass is a gather, as
+  for `"gather"`. M is dynamic, so not under XLA; what dropless routing uses.
 
 For an empty slot the expert input is zero (einsum) or an arbitrary token of
 the group (gather); either way its combine weight is 0, so outputs and
@@ -21,7 +31,15 @@ gradients agree.
 
 import tensorflow as tf
 
-DISPATCH_METHODS = ("einsum", "gather")
+from tf_switch.decision import ExpertChoiceRouting, SlotRouting, SortedRouting
+
+DISPATCH_METHODS = ("einsum", "gather", "sorted")
+# The decision layouts each method moves.
+LAYOUTS = {
+    "einsum": (SlotRouting, ExpertChoiceRouting),
+    "gather": (SlotRouting, ExpertChoiceRouting),
+    "sorted": (SortedRouting,),
+}
 
 
 def _one_hot_slots(slot_token, slot_mask, tokens_per_group, dtype):
@@ -101,34 +119,105 @@ def _combine_by_gather(
     return combine_rows(flat_outputs, token_weight)
 
 
-def dispatch(inputs, routing, method):
+def _check_layout(decision, method):
+    if method not in LAYOUTS:
+        raise ValueError(
+            "Invalid value received for argument `method`. Expected one of "
+            f"{DISPATCH_METHODS}. Received: method={method!r}"
+        )
+    if not isinstance(decision, LAYOUTS[method]):
+        expected = " or ".join(layout.__name__ for layout in LAYOUTS[method])
+        raise TypeError(
+            f"dispatch method {method!r} moves a {expected}; received a "
+            f"{type(decision).__name__}. Route with the matching function of "
+            "`tf_switch.routing` (`sorted_routing` for 'sorted')."
+        )
+
+
+def _pad_one_row(rows):
+    """`[M, d]` -> `[M + 1, d]` with a zero row M: where dropped choices point."""
+    return tf.concat([rows, tf.zeros([1, rows.shape[1]], rows.dtype)], axis=0)
+
+
+def _dispatch_sorted(flat_inputs, decision):
+    """`flat_inputs[sorted_token]`, `[M, d]`; its gradient is a gather too."""
+    choice_row = tf.reshape(decision.choice_row, [-1, decision.choice_row.shape[2]])
+
+    @tf.custom_gradient
+    def gather(inputs):
+        def grad(row_grads):
+            # Dropped choices point at the zero row M.
+            rows = tf.gather(_pad_one_row(row_grads), choice_row)  # [G*T, k, d]
+            return _sum_over_choices(rows)
+
+        return tf.gather(inputs, decision.sorted_token), grad
+
+    return gather(flat_inputs)
+
+
+def _combine_sorted(expert_outputs, decision, dtype):
+    """sum_k choice_weight * expert_outputs[choice_row], `[G*T, d]`."""
+    choice_row = tf.reshape(decision.choice_row, [-1, decision.choice_row.shape[2]])
+    sorted_weight = tf.cast(tf.stop_gradient(decision.sorted_weight), dtype)
+
+    @tf.custom_gradient
+    def combine_rows(outputs, weight):
+        # Dropped choices point at the zero row M, with weight 0.
+        rows = tf.gather(_pad_one_row(outputs), choice_row)  # [G*T, k, d]
+        combined = _sum_over_choices(rows * weight[..., None])
+
+        def grad(combined_grads):
+            output_grads = (
+                tf.gather(combined_grads, decision.sorted_token)
+                * sorted_weight[:, None]
+            )
+            weight_grads = tf.reduce_sum(rows * combined_grads[:, None, :], axis=-1)
+            return output_grads, weight_grads
+
+        return combined, grad
+
+    choice_weight = tf.reshape(
+        decision.choice_weight, [-1, decision.choice_weight.shape[2]]
+    )
+    return combine_rows(expert_outputs, tf.cast(choice_weight, dtype))
+
+
+def dispatch(inputs, decision, method):
     """Gathers each expert's tokens.
 
     Args:
         inputs: `<dtype>[G, T, d]`.
-        routing: dict with `slot_token` and `slot_mask`, `[G, N, C]`.
-        method: `"einsum"` or `"gather"`.
+        decision: a layout of `tf_switch.decision` that `method` moves.
+        method: `"einsum"`, `"gather"` or `"sorted"`.
 
     Returns:
-        `<dtype>[N, G*C, d]`, expert-major.
+        `<dtype>[N, G*C, d]`, expert-major (einsum, gather), or `<dtype>[M, d]`
+        sorted by expert, `decision.expert_sizes` rows each (sorted).
+
+    Raises:
+        TypeError: when `method` does not move this layout.
     """
+    _check_layout(decision, method)
     tokens_per_group, hidden_dim = inputs.shape[1], inputs.shape[2]
-    slot_token = routing["slot_token"]
+    flat_inputs = tf.reshape(inputs, [-1, hidden_dim])  # [G*T, d]
+    if method == "sorted":
+        return _dispatch_sorted(flat_inputs, decision)
+    slot_token = decision.slot_token
     num_experts = slot_token.shape[1]
     if method == "einsum":
         one_hot = _one_hot_slots(
-            slot_token, routing["slot_mask"], tokens_per_group, inputs.dtype
+            slot_token, decision.slot_mask, tokens_per_group, inputs.dtype
         )  # [G, N, C, T]
         expert_inputs = tf.einsum("gnct,gtd->ngcd", one_hot, inputs)
         return tf.reshape(expert_inputs, [num_experts, -1, hidden_dim])
-    flat_inputs = tf.reshape(inputs, [-1, hidden_dim])  # [G*T, d]
     slot_source = _global_slot_token(slot_token, tokens_per_group)  # [N, G*C]
-    if "token_slot" not in routing:
+    if isinstance(decision, ExpertChoiceRouting):
+        # A token may fill many slots: the gradient is a scatter-add.
         return tf.gather(flat_inputs, slot_source)
     token_destination = _global_token_slot(
-        routing["token_slot"], num_experts, slot_token.shape[2]
+        decision.choice_slot, num_experts, slot_token.shape[2]
     )
-    token_kept = tf.reshape(routing["kept"], tf.shape(token_destination))
+    token_kept = tf.reshape(decision.kept, tf.shape(token_destination))
     expert_inputs = _dispatch_by_gather(
         flat_inputs,
         tf.reshape(slot_source, [-1]),
@@ -138,29 +227,34 @@ def dispatch(inputs, routing, method):
     return tf.reshape(expert_inputs, [num_experts, -1, hidden_dim])
 
 
-def combine(expert_outputs, routing, tokens_per_group, method):
-    """Sends each slot's output back to its token, scaled by the router gate.
+def combine(expert_outputs, decision, tokens_per_group, method):
+    """Sends each expert output back to its token, scaled by the router gate.
 
-    A token that holds no slot (dropped, or padding) gets exactly 0.
+    A token that no expert computed (dropped, or padding) gets exactly 0.
 
     Args:
-        expert_outputs: `<dtype>[N, G*C, d]`.
-        routing: dict with `slot_token`, `slot_weight` and `slot_mask`,
-            `[G, N, C]`.
+        expert_outputs: `<dtype>[N, G*C, d]` (einsum, gather) or `<dtype>[M, d]`
+            (sorted), as `dispatch` laid them out.
+        decision: the layout that `dispatch` was given.
         tokens_per_group: T, a Python int.
-        method: `"einsum"` or `"gather"`.
+        method: `"einsum"`, `"gather"` or `"sorted"`.
 
     Returns:
         `<dtype>[G, T, d]`.
     """
-    num_experts, _, hidden_dim = expert_outputs.shape
+    _check_layout(decision, method)
+    hidden_dim = expert_outputs.shape[-1]
     dtype = expert_outputs.dtype
-    slot_token, slot_weight = routing["slot_token"], routing["slot_weight"]
+    if method == "sorted":
+        outputs = _combine_sorted(expert_outputs, decision, dtype)  # [G*T, d]
+        return tf.reshape(outputs, [-1, tokens_per_group, hidden_dim])
+    num_experts = expert_outputs.shape[0]
+    slot_token, slot_weight = decision.slot_token, decision.slot_weight
     num_groups = tf.shape(slot_token)[0]
     capacity = slot_token.shape[2]
     if method == "einsum":
         combine_tensor = (
-            _one_hot_slots(slot_token, routing["slot_mask"], tokens_per_group, dtype)
+            _one_hot_slots(slot_token, decision.slot_mask, tokens_per_group, dtype)
             * tf.cast(slot_weight, dtype)[..., None]
         )  # [G, N, C, T]
         expert_outputs = tf.reshape(
@@ -168,17 +262,13 @@ def combine(expert_outputs, routing, tokens_per_group, method):
         )
         return tf.einsum("gnct,ngcd->gtd", combine_tensor, expert_outputs)
     weight = tf.reshape(tf.transpose(slot_weight, [1, 0, 2]), [num_experts, -1, 1])
-    if "token_slot" in routing:
+    if isinstance(decision, SlotRouting):
         flat_outputs = tf.reshape(expert_outputs, [-1, hidden_dim])  # [N*G*C, d]
+        choice_weight = decision.choice_weight
         outputs = _combine_by_gather(
             flat_outputs,
-            tf.cast(
-                tf.reshape(
-                    routing["token_weight"], [-1, routing["token_weight"].shape[2]]
-                ),
-                dtype,
-            ),
-            _global_token_slot(routing["token_slot"], num_experts, capacity),
+            tf.cast(tf.reshape(choice_weight, [-1, choice_weight.shape[2]]), dtype),
+            _global_token_slot(decision.choice_slot, num_experts, capacity),
             tf.reshape(_global_slot_token(slot_token, tokens_per_group), [-1]),
             tf.cast(tf.stop_gradient(tf.reshape(weight, [-1, 1])), dtype),
         )

@@ -144,7 +144,9 @@ class SwitchOptions(RouterOptions):
         group_size: tokens per routing group; None makes each sequence its own
             group (a sequence's outputs never depend on the rest of its
             batch). See `SwitchFFN`.
-        dispatch: `"gather"` (CPU/GPU) or `"einsum"` (one-hot matmuls, TPU).
+        dispatch: `"gather"` (static slots, any device), `"einsum"` (one-hot
+            matmuls, TPU) or `"sorted"` (tokens sorted by expert, no padded
+            slot; CPU/GPU, not XLA). Dropless modes always dispatch sorted.
         expert_parallel: shard the experts over the replicas of the
             `tf.distribute` strategy the layer is built under (see
             `tf_switch.distribute.expert_parallel`).
@@ -167,6 +169,25 @@ class SwitchOptions(RouterOptions):
             raise _invalid("dispatch", f"one of {DISPATCH_METHODS}", self.dispatch)
         if not isinstance(self.expert_parallel, bool):
             raise _invalid("expert_parallel", "a bool", self.expert_parallel)
+        if self.dispatch == "sorted" and self.routing != "tokens_choose":
+            raise ValueError(
+                "dispatch='sorted' is for tokens-choose routing; expert-choice "
+                "routing fills C static slots per expert. Use dispatch='gather'. "
+                f"Received: routing={self.routing!r}"
+            )
+        dropless = None in (self.capacity_factor, self.eval_capacity_factor)
+        if self.expert_parallel and (self.dispatch == "sorted" or dropless):
+            raise ValueError(
+                "expert_parallel=True exchanges equal-size [N, C] slot buffers "
+                "between replicas (a static all-to-all); dropless routing and "
+                "dispatch='sorted' give each expert a variable number of tokens, "
+                "which it cannot move. With expert_parallel=True set "
+                "capacity_factor and eval_capacity_factor (e.g. 1.25 and 2.0) "
+                "and dispatch='gather' or 'einsum'; or keep dropless without "
+                "expert parallelism. Received: dispatch="
+                f"{self.dispatch!r}, capacity_factor={self.capacity_factor}, "
+                f"eval_capacity_factor={self.eval_capacity_factor}"
+            )
 
     def router_options(self):
         """The `RouterOptions` part."""
@@ -175,10 +196,11 @@ class SwitchOptions(RouterOptions):
         )
 
     def for_serving(self):
-        """These options for a single-device inference copy of a trained
-        model: each sequence its own routing group, dropless (no capacity at
-        inference, so no output depends on the rest of the batch, on padding
-        or on later tokens), experts whole."""
+        """These options for a single-device serving copy of a trained model:
+        each sequence its own routing group, experts whole, and dropless
+        inference (`eval_capacity_factor=None`, dispatched sorted), so that a
+        request's outputs depend neither on the other requests of its batch,
+        nor on padding, nor (causal models) on its own later tokens."""
         return self.replace(
-            group_size=None, eval_capacity_factor=None, expert_parallel=False
+            group_size=None, expert_parallel=False, eval_capacity_factor=None
         )

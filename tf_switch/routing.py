@@ -1,19 +1,16 @@
 """Routing math for Switch layers, as small pure functions.
 
 Every function here runs in float32 (paper §2.4, "selective precision": routing
-in bfloat16 diverged) and keeps all shapes static so that XLA can compile it.
+in bfloat16 diverged) and keeps all shapes static so that XLA can compile it,
+except `sorted_routing`, whose output has as many rows as routed tokens.
 
 Notation: G groups, T tokens per group, N experts, C expert capacity (slots per
 expert per group), k choices per token.
 
-A routing decision is expressed per expert *slot*, which both dispatch
-implementations (`tf_switch.dispatch`) consume:
-
-- `slot_token`: `<int32>[G, N, C]`, the token (index into the group) that fills
-  each slot; 0 for an empty slot.
-- `slot_weight`: `<float32>[G, N, C]`, the router probability that scales the
-  expert's output for that slot; 0 for an empty slot.
-- `slot_mask`: `<bool>[G, N, C]`, whether the slot holds a token.
+A routing decision is a typed value (`tf_switch.decision`): expert slots of
+static shape `[G, N, C]` (`SlotRouting`, `ExpertChoiceRouting`; what XLA
+needs), or the kept choices sorted by expert (`SortedRouting`; dynamic, no
+empty slot, what dropless routing uses). `tf_switch.dispatch` consumes them.
 
 Reference: Fedus, Zoph & Shazeer, "Switch Transformers", arXiv 2101.03961.
 """
@@ -21,6 +18,8 @@ Reference: Fedus, Zoph & Shazeer, "Switch Transformers", arXiv 2101.03961.
 import math
 
 import tensorflow as tf
+
+from tf_switch.decision import ExpertChoiceRouting, SlotRouting, SortedRouting
 
 
 def expert_capacity(tokens_per_group, num_experts, capacity_factor, min_capacity):
@@ -112,6 +111,50 @@ def router_z_loss(router_logits, mask):
     return masked_mean(tf.square(log_z), mask)
 
 
+def _choices_in_priority_order(router_probs, top_k, mask, batch_prioritized):
+    """Each token's k choices, flattened rank-major in routing priority order.
+
+    All first choices come before any second choice (GShard), and within a
+    rank tokens go in sequence order, or, with `batch_prioritized`, by their
+    top-1 probability, highest first (paper Appendix D).
+
+    Returns:
+        `gates <float32>[G, kT]`, `experts <int32>[G, kT]`, `choice_token
+        <int32>[G, kT]` (the token in its group), `choice_valid <bool>[G, kT]`
+        and `to_token_major`, a function from `[G, kT]` in this order to
+        `[G, T, k]`.
+    """
+    num_groups = tf.shape(router_probs)[0]
+    tokens_per_group = router_probs.shape[1]
+    gates, experts = tf.math.top_k(router_probs, k=top_k)  # [G, T, k] each
+    token_index = tf.broadcast_to(
+        tf.range(tokens_per_group, dtype=tf.int32)[None, :], tf.shape(mask)
+    )  # [G, T]
+    order = None
+    if batch_prioritized:
+        order = tf.argsort(gates[..., 0], axis=-1, direction="DESCENDING", stable=True)
+        gates = tf.gather(gates, order, batch_dims=1)
+        experts = tf.gather(experts, order, batch_dims=1)
+        token_index = tf.gather(token_index, order, batch_dims=1)
+        mask = tf.gather(mask, order, batch_dims=1)
+    # Rank-major order: [G, k, T] flattened to [G, k*T], so that every token's
+    # first choice comes before any token's second choice.
+    num_choices = top_k * tokens_per_group
+    gates = tf.reshape(tf.transpose(gates, [0, 2, 1]), [num_groups, num_choices])
+    experts = tf.reshape(tf.transpose(experts, [0, 2, 1]), [num_groups, num_choices])
+    choice_token = tf.tile(token_index, [1, top_k])  # [G, k*T]
+    choice_valid = tf.tile(mask, [1, top_k])  # [G, k*T]
+
+    def to_token_major(choices):  # [G, k*T] in priority order -> [G, T, k]
+        choices = tf.reshape(choices, [num_groups, top_k, tokens_per_group])
+        choices = tf.transpose(choices, [0, 2, 1])
+        if order is not None:
+            choices = tf.gather(choices, tf.argsort(order, axis=-1), batch_dims=1)
+        return choices
+
+    return gates, experts, choice_token, choice_valid, to_token_major
+
+
 def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized):
     """Top-k tokens-choose routing with per-expert capacity (k=1 is Switch).
 
@@ -130,33 +173,13 @@ def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized
         batch_prioritized: Python bool.
 
     Returns:
-        A dict with the slot tensors (`slot_token`, `slot_weight`,
-        `slot_mask`, see the module docstring), their token-major inverse
-        (`token_slot`, `<int32>[G, T, k]`, each choice's slot `n * C + c`, or
-        N*C when dropped; `token_weight`, `<float32>[G, T, k]`, its gate, 0
-        when dropped), and `kept`, `<bool>[G, T, k]`, whether each valid
-        choice got a slot (false for padding).
+        A `tf_switch.decision.SlotRouting`.
     """
     num_groups = tf.shape(router_probs)[0]
-    tokens_per_group, num_experts = router_probs.shape[1], router_probs.shape[2]
-    gates, experts = tf.math.top_k(router_probs, k=top_k)  # [G, T, k] each
-    token_index = tf.broadcast_to(
-        tf.range(tokens_per_group, dtype=tf.int32)[None, :], tf.shape(mask)
-    )  # [G, T]
-    if batch_prioritized:
-        order = tf.argsort(gates[..., 0], axis=-1, direction="DESCENDING", stable=True)
-        gates = tf.gather(gates, order, batch_dims=1)
-        experts = tf.gather(experts, order, batch_dims=1)
-        token_index = tf.gather(token_index, order, batch_dims=1)
-        mask = tf.gather(mask, order, batch_dims=1)
-    # Rank-major order: [G, k, T] flattened to [G, k*T], so that every token's
-    # first choice comes before any token's second choice.
-    num_choices = top_k * tokens_per_group
-    gates = tf.reshape(tf.transpose(gates, [0, 2, 1]), [num_groups, num_choices])
-    experts = tf.reshape(tf.transpose(experts, [0, 2, 1]), [num_groups, num_choices])
-    choice_token = tf.tile(token_index, [1, top_k])  # [G, k*T]
-    choice_valid = tf.tile(mask, [1, top_k])  # [G, k*T]
-
+    num_experts = router_probs.shape[2]
+    gates, experts, choice_token, choice_valid, to_token_major = (
+        _choices_in_priority_order(router_probs, top_k, mask, batch_prioritized)
+    )
     position = positions_in_experts(experts, choice_valid, num_experts)  # [G, kT]
     kept = choice_valid & (position < capacity)  # [G, kT]
 
@@ -177,22 +200,67 @@ def tokens_choose_routing(router_probs, top_k, capacity, mask, batch_prioritized
     slot_shape = [num_groups, num_experts, capacity]
     slot_mask = slot_token_plus_one > 0
     slot_token = tf.maximum(slot_token_plus_one - 1, 0)
+    return SlotRouting(
+        slot_token=tf.reshape(slot_token, slot_shape),
+        slot_weight=tf.reshape(slot_weight, slot_shape),
+        slot_mask=tf.reshape(slot_mask, slot_shape),
+        choice_slot=to_token_major(slot),
+        choice_weight=to_token_major(gates * tf.cast(kept, gates.dtype)),
+        kept=to_token_major(kept),
+    )
 
-    def to_token_major(choices):  # [G, k*T] in priority order -> [G, T, k]
-        choices = tf.reshape(choices, [num_groups, top_k, tokens_per_group])
-        choices = tf.transpose(choices, [0, 2, 1])
-        if batch_prioritized:
-            choices = tf.gather(choices, tf.argsort(order, axis=-1), batch_dims=1)
-        return choices
 
-    return {
-        "slot_token": tf.reshape(slot_token, slot_shape),
-        "slot_weight": tf.reshape(slot_weight, slot_shape),
-        "slot_mask": tf.reshape(slot_mask, slot_shape),
-        "token_slot": to_token_major(slot),
-        "token_weight": to_token_major(gates * tf.cast(kept, gates.dtype)),
-        "kept": to_token_major(kept),
-    }
+def sorted_routing(router_probs, top_k, capacity, mask, batch_prioritized):
+    """Top-k tokens-choose routing as one buffer of choices sorted by expert.
+
+    The same choices, priorities and drops as `tokens_choose_routing`, but
+    laid out without slots: the kept choices of all groups, sorted by expert
+    (stable, so each expert's rows stay in priority order), M rows in all.
+    With `capacity=None` (dropless) every valid choice is kept and M = k times
+    the number of valid tokens; each expert then computes exactly its own
+    tokens. M is dynamic: not for XLA (use `tokens_choose_routing`).
+
+    Args:
+        router_probs: `<float32>[G, T, N]`.
+        top_k: k, a Python int.
+        capacity: C, a Python int, or None for dropless routing.
+        mask: `<bool>[G, T]`; padding tokens are not routed.
+        batch_prioritized: Python bool.
+
+    Returns:
+        A `tf_switch.decision.SortedRouting`.
+    """
+    num_groups = tf.shape(router_probs)[0]
+    tokens_per_group, num_experts = router_probs.shape[1], router_probs.shape[2]
+    gates, experts, choice_token, choice_valid, to_token_major = (
+        _choices_in_priority_order(router_probs, top_k, mask, batch_prioritized)
+    )
+    kept = choice_valid  # [G, kT]
+    if capacity is not None:
+        position = positions_in_experts(experts, choice_valid, num_experts)
+        kept = choice_valid & (position < capacity)
+    # One stable sort of all the call's choices by expert, dropped ones last;
+    # flattening group-major keeps the priority order inside each expert.
+    bucket = tf.reshape(tf.where(kept, experts, num_experts), [-1])  # [G*kT]
+    order = tf.argsort(bucket, stable=True)  # [G*kT]
+    num_kept = tf.reduce_sum(tf.cast(kept, tf.int32))
+    sorted_choice = order[:num_kept]  # [M]
+    global_token = choice_token + tf.range(num_groups)[:, None] * tokens_per_group
+    sorted_token = tf.gather(tf.reshape(global_token, [-1]), sorted_choice)
+    sorted_weight = tf.gather(tf.reshape(gates, [-1]), sorted_choice)
+    expert_sizes = tf.math.unsorted_segment_sum(
+        tf.ones_like(bucket), bucket, num_experts + 1
+    )[:num_experts]  # [N]
+    row = tf.reshape(tf.math.invert_permutation(order), tf.shape(kept))  # [G, kT]
+    choice_row = tf.where(kept, row, num_kept)
+    return SortedRouting(
+        sorted_token=sorted_token,
+        sorted_weight=sorted_weight,
+        expert_sizes=expert_sizes,
+        choice_row=to_token_major(choice_row),
+        choice_weight=to_token_major(gates * tf.cast(kept, gates.dtype)),
+        kept=to_token_major(kept),
+    )
 
 
 def experts_choose_routing(router_probs, capacity, mask):
@@ -209,8 +277,7 @@ def experts_choose_routing(router_probs, capacity, mask):
         mask: `<bool>[G, T]`; padding tokens are never taken.
 
     Returns:
-        A dict with the slot tensors (see the module docstring) and `kept`,
-        `<bool>[G, T, 1]`, whether a valid token was taken by any expert.
+        A `tf_switch.decision.ExpertChoiceRouting`.
     """
     # Probabilities are >= 0, so -1 puts padding last.
     scores = tf.where(mask[..., None], router_probs, -1.0)  # [G, T, N]
@@ -227,12 +294,12 @@ def experts_choose_routing(router_probs, capacity, mask):
         tf.cast(slot_mask, tf.int32),
         tf.shape(mask),
     )  # [G, T]
-    return {
-        "slot_token": slot_token,
-        "slot_weight": slot_weight,
-        "slot_mask": slot_mask,
-        "kept": (times_taken > 0)[..., None],
-    }
+    return ExpertChoiceRouting(
+        slot_token=slot_token,
+        slot_weight=slot_weight,
+        slot_mask=slot_mask,
+        kept=(times_taken > 0)[..., None],
+    )
 
 
 def positions_in_experts(experts, valid, num_experts):

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 
+from tf_switch.dispatch import DISPATCH_METHODS
 from tf_switch.distribute import STRATEGIES
 
 DROPLESS = "none"  # --capacity-factor none: no token is ever dropped
@@ -71,8 +72,9 @@ class TrainConfig:
     )
     dispatch: str | None = _field(
         None,
-        "token dispatch (default: the preset's); einsum suits TPUs",
-        choices=("gather", "einsum"),
+        "token dispatch (default: the preset's); sorted: CPU/GPU, einsum: TPUs; "
+        "dropless routing always dispatches sorted",
+        choices=DISPATCH_METHODS,
     )
     expert_parallel: bool = _field(
         False,

@@ -45,6 +45,7 @@ from .callbacks import (
 from .config import TrainConfig, parse_args
 from .data import EpochOrderedWindows
 from .generate import decoder_for, sample_text
+from .precision import warn_if_slow_bfloat16
 from .progress import ConciseProgbar
 from .validation_curve import ValidationCurve
 
@@ -188,6 +189,25 @@ def write_results(model, load_recorder, tokenizer, config):
     return sample, export_dir
 
 
+def check_jit_compile(config, model_config):
+    """--jit-compile needs static shapes: refuse dropless and sorted routing
+    here, with what to pass, rather than deep inside the first step."""
+    options = model_config.switch_options
+    dynamic = options.dispatch == "sorted" or None in (
+        options.capacity_factor,
+        options.eval_capacity_factor,
+    )
+    if config.jit_compile and model_config.num_experts and dynamic:
+        raise SystemExit(
+            "--jit-compile (XLA) needs static expert capacity, but this run "
+            "routes dropless or dispatches sorted (capacity_factor="
+            f"{options.capacity_factor}, eval_capacity_factor="
+            f"{options.eval_capacity_factor}, dispatch={options.dispatch!r}). "
+            "Pass --capacity-factor 1.25 --eval-capacity-factor 2.0 "
+            "--dispatch einsum (TPU) or gather, or drop --jit-compile."
+        )
+
+
 def check_expert_parallel(config, strategy):
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -229,6 +249,7 @@ def train(config, strategy=None):
     os.makedirs(config.output, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(config.precision)
+    warn_if_slow_bfloat16(config.precision)
     strategy = strategy or resolve_strategy(config.strategy)
     if config.expert_parallel:
         check_expert_parallel(config, strategy)
@@ -237,6 +258,7 @@ def train(config, strategy=None):
     corpus = corpus_lib.load_corpus(config.data)
     tokenizer = load_tokenizer(corpus, config, chief)
     model_config = build_model_config(config, tokenizer.vocab_size)
+    check_jit_compile(config, model_config)
     train_windows, validation_windows = build_datasets(
         corpus, tokenizer, model_config, config
     )

@@ -152,7 +152,13 @@ def check_serving_copy(strategy):
         num_heads=2,
         num_experts=4,
         dropout=0.0,
-        switch_options={"expert_parallel": True, "capacity_factor": 2.0},
+        # Evaluation capacity T (4.0 * 8 / 4 = 8): nothing dropped, as in the
+        # dropless serving copy.
+        switch_options={
+            "expert_parallel": True,
+            "capacity_factor": 2.0,
+            "eval_capacity_factor": 4.0,
+        },
     )
     with strategy.scope():
         model = SwitchLanguageModel(config)

@@ -182,22 +182,27 @@ def _outputs_and_gradients(ffn, x, mask=None):
     return y, grads
 
 
-def _assert_dispatch_methods_agree(x, **config):
-    """einsum and gather dispatch give the same outputs and gradients."""
+def _assert_dispatch_methods_agree(x, methods=("gather", "einsum"), **config):
+    """The dispatch methods give the same outputs and gradients."""
     gather = _built(SwitchFFN(intermediate_dim=8, dispatch="gather", **config), x.shape)
-    einsum = _built(SwitchFFN(intermediate_dim=8, dispatch="einsum", **config), x.shape)
-    einsum.set_weights(gather.get_weights())
     y_g, grads_g = _outputs_and_gradients(gather, x)
-    y_e, grads_e = _outputs_and_gradients(einsum, x)
-    np.testing.assert_allclose(y_g, y_e, rtol=1e-5, atol=1e-6)
-    for g, e in zip(grads_g, grads_e, strict=True):
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+    for method in methods[1:]:
+        other = _built(
+            SwitchFFN(intermediate_dim=8, dispatch=method, **config), x.shape
+        )
+        other.set_weights(gather.get_weights())
+        y_e, grads_e = _outputs_and_gradients(other, x)
+        np.testing.assert_allclose(y_g, y_e, rtol=1e-5, atol=1e-6)
+        for g, e in zip(grads_g, grads_e, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
 
 
 @given(ffn_configs())
-def test_einsum_and_gather_dispatch_agree_in_outputs_and_gradients(config):
+def test_all_dispatch_methods_agree_in_outputs_and_gradients(config):
     _assert_dispatch_methods_agree(
-        random_inputs((2, 6, 4), seed=config["seed"]), **config
+        random_inputs((2, 6, 4), seed=config["seed"]),
+        methods=("gather", "einsum", "sorted"),
+        **config,
     )
 
 
@@ -221,7 +226,14 @@ def test_a_groups_output_does_not_depend_on_other_groups(config, changed_group):
     x2[changed_group] = random_inputs((6, 4), seed=config["seed"] + 1)
     y2 = np.asarray(ffn(x2, training=True))
     for g in range(3):
-        if g != changed_group:
+        if g == changed_group:
+            continue
+        if config["capacity_factor"] is None:
+            # Dropless dispatches sorted: each expert's matmul has as many
+            # rows as the whole batch routes to it, and the row count can
+            # change the kernel's rounding (not the routing) in the last bit.
+            np.testing.assert_allclose(y[g], y2[g], rtol=1e-6, atol=1e-7)
+        else:
             np.testing.assert_array_equal(y[g], y2[g])
 
 

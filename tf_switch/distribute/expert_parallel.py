@@ -45,6 +45,12 @@ replicated models load each other's files.
 
 Requirements and limits:
 
+- Static capacity only: dropless routing (`capacity_factor=None` or
+  `eval_capacity_factor=None`) and `dispatch="sorted"` give each expert a
+  variable number of tokens, which this equal-size all-to-all cannot move, so
+  `SwitchOptions` refuses them with `expert_parallel=True` (a message says
+  what to set). A variable-size exchange would first all-to-all the
+  per-expert counts, then the rows; not built.
 - N divisible by D. Outside a strategy, or with one replica, the option gives
   the plain layer (identical results); other multi-replica strategies
   (MultiWorkerMirroredStrategy, CentralStorageStrategy, ...) are refused.

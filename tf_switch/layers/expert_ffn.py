@@ -1,6 +1,7 @@
 """N feed-forward experts with stacked kernels."""
 
 import keras
+import tensorflow as tf
 
 from tf_switch.initializers import SwitchInitializer
 
@@ -31,11 +32,16 @@ class ExpertFFN(keras.layers.Layer):
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: `[N, tokens_per_expert, hidden_dim]`, expert-major.
+        inputs: `[N, tokens_per_expert, hidden_dim]`, expert-major; or, with
+            `expert_sizes`, `[M, hidden_dim]` rows sorted by expert.
+        expert_sizes: optional `<int32>[N]`, rows of each expert in `inputs`
+            (summing to M). Then each expert runs as its own 2-D matmuls on
+            exactly its rows (no padded slots), which on CPUs is also faster
+            than one batched matmul (`benchmarks/RESULTS.md`).
         training: Python bool; enables dropout.
 
     Returns:
-        `[N, tokens_per_expert, hidden_dim]`.
+        The shape of `inputs`.
 
     Example:
 
@@ -120,8 +126,47 @@ class ExpertFFN(keras.layers.Layer):
         """Creates a `[N, ...]` weight, one slice per expert."""
         return self.add_weight(name=name, shape=shape, initializer=initializer)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, expert_sizes=None, training=None):
+        if expert_sizes is not None:
+            return self.apply_experts_sorted(inputs, expert_sizes, training)
         return self.apply_experts(inputs, self.wi, self.wo, self.bi, self.bo, training)
+
+    def apply_experts_sorted(self, inputs, expert_sizes, training):
+        """`[M, d]` rows sorted by expert through each expert's own 2-D matmuls.
+
+        Expert n computes rows `sum(expert_sizes[:n]):sum(expert_sizes[:n+1])`
+        only: the FLOPs are those of the routed tokens, whatever their split.
+        """
+        segments = tf.split(inputs, expert_sizes, num=self.num_experts)
+        # Autocast: inside `call`, a variable reads in the compute dtype.
+        wi = [tf.unstack(keras.ops.convert_to_tensor(w)) for w in self.wi]
+        wo = tf.unstack(keras.ops.convert_to_tensor(self.wo))
+        bi = bo = [None] * self.num_experts
+        if self.use_bias:
+            bi = tf.unstack(keras.ops.convert_to_tensor(self.bi))
+            bo = tf.unstack(keras.ops.convert_to_tensor(self.bo))
+        outputs = [
+            self._expert(segments[n], [w[n] for w in wi], wo[n], bi[n], bo[n], training)
+            for n in range(self.num_experts)
+        ]
+        return tf.concat(outputs, axis=0)  # [M, hidden]
+
+    def _expert(self, inputs, wi, wo, bi, bo, training):
+        """One expert on its `[rows, d]` tokens (2-D matmuls)."""
+        hidden = tf.matmul(inputs, wi[0])  # [rows, intermediate]
+        if bi is not None:
+            hidden = hidden + bi
+        if self.activation == "relu":
+            hidden = keras.activations.relu(hidden)
+        else:
+            hidden = keras.activations.gelu(hidden, approximate=True)
+        if self.activation == "gated-gelu":
+            hidden = hidden * tf.matmul(inputs, wi[1])
+        hidden = self.dropout(hidden, training=training)
+        outputs = tf.matmul(hidden, wo)
+        if bo is not None:
+            outputs = outputs + bo
+        return outputs
 
     def apply_experts(self, inputs, wi, wo, bi, bo, training):
         """`[E, M, d]` tokens through E experts with these weights (E <= N)."""

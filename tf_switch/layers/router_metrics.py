@@ -18,7 +18,10 @@ class RouterMetrics(keras.metrics.Metric):
     Keras 3 has no `Layer.add_metric`; a metric owned by a layer and updated in
     its `call` is collected by `Model.metrics`, and a dict result is flattened
     into the logs that `model.fit` prints and `History` keeps. Keys are
-    `"{name}/{stat}"`; with `per_expert=True` also `"{name}/expert_{i}_fraction"`.
+    `"{name}/{stat}"` for the `SCALAR_STATS`, `"{name}/max_load"` (the busiest
+    expert's share of tokens times N: 1.0 is perfect balance, and with dropless
+    routing it is how much longer that expert computes than an even split)
+    and, with `per_expert=True`, `"{name}/expert_{i}_fraction"`.
 
     The losses are unweighted (a balanced router scores 1.0 on
     `load_balance_loss`); the weighted ones are what reaches the model's loss.
@@ -61,8 +64,11 @@ class RouterMetrics(keras.metrics.Metric):
     def result(self):
         means = keras.ops.divide_no_nan(self.weighted_sums, self.tokens)
         results = {f"{self.name}/{key}": means[i] for i, key in enumerate(SCALAR_STATS)}
+        offset = len(SCALAR_STATS)
+        results[f"{self.name}/max_load"] = self.num_experts * keras.ops.max(
+            means[offset:]
+        )
         if self.per_expert:
-            offset = len(SCALAR_STATS)
             for expert in range(self.num_experts):
                 results[f"{self.name}/expert_{expert}_fraction"] = means[
                     offset + expert

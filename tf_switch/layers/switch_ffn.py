@@ -7,6 +7,7 @@ from tf_switch import dispatch as dispatch_lib
 from tf_switch.layers.expert_ffn import ExpertFFN
 from tf_switch.layers.switch_router import SwitchRouter
 from tf_switch.options import SwitchOptions
+from tf_switch.xla import in_xla_context
 
 
 @keras.saving.register_keras_serializable(package="tf_switch")
@@ -45,9 +46,15 @@ class SwitchFFN(keras.layers.Layer):
               groups of that size; a last incomplete group is padded with
               masked tokens that take no slot and count for no loss. Capacity
               is per group, so larger groups drop fewer tokens.
-            - `dispatch`: `"gather"` (default; linear in tokens, fastest on
-              CPU/GPU) or `"einsum"` (one-hot matmuls, TPU-friendly; cost
-              grows with `group_size`). Same outputs and gradients.
+            - `dispatch`: `"gather"` (default; static `[N, C]` slots moved
+              by gathers), `"einsum"` (one-hot matmuls, TPU-friendly; cost
+              grows with `group_size`) or `"sorted"` (tokens sorted by expert,
+              each expert on exactly its own tokens: no padded slot; dynamic
+              shapes, so not under XLA). Same outputs and gradients. Whenever
+              the capacity factor of a mode is None (dropless), that mode
+              dispatches `"sorted"` whatever this says, so dropless costs
+              the routed tokens, not T slots per expert; under XLA it is
+              refused with a message.
             - `expert_parallel`: shard the experts over the replicas of the
               `tf.distribute` strategy the layer is built under, N/D per
               replica, with all-to-all token exchange; the router stays
@@ -100,6 +107,9 @@ class SwitchFFN(keras.layers.Layer):
         self.group_size = self.options.group_size
         self.dispatch = self.options.dispatch
         self.supports_masking = True
+        # Dynamic shapes (sorted dispatch, dropless routing) do not compile
+        # with XLA: Keras' jit_compile="auto" then stays off for the model.
+        self.supports_jit = not self.uses_dynamic_shapes()
         router_options = self.options.router_options().to_config()
         self.router = SwitchRouter(
             num_experts,
@@ -125,6 +135,14 @@ class SwitchFFN(keras.layers.Layer):
             kernel_initializer=kernel_initializer,
             dtype=self.dtype_policy,
             name="experts",
+        )
+
+    def uses_dynamic_shapes(self):
+        """Whether some mode of this layer dispatches sorted (not for XLA)."""
+        options = self.options
+        return options.dispatch == "sorted" or None in (
+            options.capacity_factor,
+            options.eval_capacity_factor,
         )
 
     def build(self, input_shape):
@@ -198,27 +216,69 @@ class SwitchFFN(keras.layers.Layer):
                 f"last axis. Received inputs {inputs.shape}, padding_mask "
                 f"{padding_mask.shape}."
             )
+        method = self.dispatch_method(training)
+        if method == "sorted":
+            self._refuse_under_xla(training)
         groups, group_mask = self._to_groups(inputs, padding_mask)
         tokens_per_group = groups.shape[1]
-        decision = self.router(groups, padding_mask=group_mask, training=training)
-        expert_inputs = dispatch_lib.dispatch(groups, decision, self.dispatch)
-        expert_outputs = self.experts(expert_inputs, training=training)
+        routed = self.router(
+            groups,
+            padding_mask=group_mask,
+            training=training,
+            layout="sorted" if method == "sorted" else "slots",
+        )
+        decision = routed.decision
+        expert_inputs = dispatch_lib.dispatch(groups, decision, method)
+        if method == "sorted":
+            expert_outputs = self.experts(
+                expert_inputs, expert_sizes=decision.expert_sizes, training=training
+            )  # [M, d]
+        else:
+            expert_outputs = self.experts(expert_inputs, training=training)
         outputs = dispatch_lib.combine(
-            expert_outputs, decision, tokens_per_group, self.dispatch
+            expert_outputs, decision, tokens_per_group, method
         )  # [G, T, d]
         outputs = self._from_groups(outputs, inputs)
         if return_router_stats:
-            probs = decision["router_probs"]  # [G, T, N]
-            first_kept = decision["kept"][..., 0]  # [G, T]
+            probs = routed.router_probs  # [G, T, N]
+            first_kept = decision.kept[..., 0]  # [G, T]
             top_expert = tf.argmax(probs, axis=-1, output_type=tf.int32)
             token_expert = tf.where(first_kept, top_expert, -1)
             token_probability = tf.reduce_max(probs, axis=-1)
             return outputs, {
-                **decision["stats"],
+                **routed.stats,
                 "token_expert": self._from_groups(token_expert, inputs),
                 "token_probability": self._from_groups(token_probability, inputs),
             }
         return outputs
+
+    def dispatch_method(self, training):
+        """The dispatch of a call: `dispatch`, but always `"sorted"` when the
+        capacity factor of this mode is None, so that dropless routing costs
+        the routed tokens, never T slots per expert."""
+        if self.router.is_dropless(training):
+            return "sorted"
+        return self.dispatch
+
+    def _refuse_under_xla(self, training):
+        if not in_xla_context():
+            return
+        if self.router.is_dropless(training):
+            factor = "capacity_factor" if training else "eval_capacity_factor"
+            raise ValueError(
+                f"{factor}=None (dropless routing) gives each expert as many "
+                "tokens as the router sends it, a shape known only at run "
+                "time, which XLA (jit_compile=True, TPUs) cannot compile; the "
+                "static alternative, T slots for every expert, would cost N "
+                f"times the expert FLOPs. Under XLA set {factor} (e.g. 1.25 "
+                "in training, 2.0 in evaluation) with dispatch='einsum' (TPU) "
+                "or 'gather'; or run without jit_compile to keep dropless."
+            )
+        raise ValueError(
+            "dispatch='sorted' computes a dynamic number of rows per expert, "
+            "which XLA (jit_compile=True, TPUs) cannot compile. Under XLA use "
+            "dispatch='einsum' (TPU) or 'gather'; or run without jit_compile."
+        )
 
     def compute_mask(self, inputs, mask=None):
         return mask

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from tf_switch import routing
+from tf_switch.decision import RouterOutput
 from tf_switch.initializers import SwitchInitializer
 from tf_switch.layers.router_metrics import RouterMetrics
 from tf_switch.options import RouterOptions
@@ -63,20 +64,24 @@ class SwitchRouter(keras.layers.Layer):
         padding_mask: optional `<bool>[G, T]`, false for padding tokens, which
             take no slot and count for no loss or metric.
         training: Python bool; selects the capacity factor and jitter.
+        layout: `"slots"` (default): the decision in static `[G, N, C]`
+            expert slots (a dropless router then gives every expert C = T
+            slots); `"sorted"`: the kept choices sorted by expert, no empty
+            slot (tokens-choose only; dynamic shapes, not under XLA).
 
     Returns:
-        A dict: `slot_token <int32>[G, N, C]`, `slot_weight <float32>[G, N, C]`,
-        `slot_mask <bool>[G, N, C]` (see `tf_switch.routing`), `kept
-        <bool>[G, T, k]`, `router_logits`, `router_probs` `<float32>[G, T, N]`
-        and `stats`, a dict of float32 scalars (`load_balance_loss`,
-        `router_z_loss` unweighted, `dropped_fraction`, `router_confidence`)
-        and `expert_fraction <float32>[N]`.
+        A `tf_switch.decision.RouterOutput`: `decision` (a `SlotRouting`,
+        `ExpertChoiceRouting` or `SortedRouting`, see `tf_switch.decision`),
+        `router_logits`, `router_probs` `<float32>[G, T, N]` and `stats`, a
+        dict of float32 scalars (`load_balance_loss`, `router_z_loss`
+        unweighted, `dropped_fraction`, `router_confidence`) and
+        `expert_fraction <float32>[N]`.
 
     Example:
 
     >>> router = SwitchRouter(num_experts=4)
-    >>> decision = router(keras.ops.ones((2, 16, 8)))
-    >>> decision["slot_token"].shape  # eval capacity ceil(2.0 * 16 / 4) = 8
+    >>> output = router(keras.ops.ones((2, 16, 8)))
+    >>> output.decision.slot_token.shape  # eval capacity ceil(2.0 * 16 / 4) = 8
     TensorShape([2, 4, 8])
 
     References:
@@ -173,6 +178,11 @@ class SwitchRouter(keras.layers.Layer):
             autocast=False,
         )
 
+    def is_dropless(self, training):
+        """Whether the capacity factor for this mode is None (no drops)."""
+        factor = self.capacity_factor if training else self.eval_capacity_factor
+        return factor is None
+
     def expert_capacity(self, tokens_per_group, training):
         """C for groups of `tokens_per_group` tokens, a Python int."""
         factor = self.capacity_factor if training else self.eval_capacity_factor
@@ -180,7 +190,7 @@ class SwitchRouter(keras.layers.Layer):
             tokens_per_group, self.num_experts, factor, self.min_capacity
         )
 
-    def call(self, inputs, padding_mask=None, training=None):
+    def call(self, inputs, padding_mask=None, training=None, layout="slots"):
         tokens_per_group = inputs.shape[1]
         if tokens_per_group is None:
             raise ValueError(
@@ -209,7 +219,25 @@ class SwitchRouter(keras.layers.Layer):
         router_probs = tf.nn.softmax(router_logits, axis=-1)  # [G, T, N]
 
         capacity = self.expert_capacity(tokens_per_group, training)
-        if self.routing == "tokens_choose":
+        if layout not in ("slots", "sorted"):
+            raise ValueError(
+                "Invalid value received for argument `layout`. Expected "
+                f"'slots' or 'sorted'. Received: layout={layout!r}"
+            )
+        if layout == "sorted":
+            if self.routing != "tokens_choose":
+                raise ValueError(
+                    "The sorted layout is for tokens-choose routing; expert-choice "
+                    "routing fills C static slots per expert. Use layout='slots'."
+                )
+            decision = routing.sorted_routing(
+                router_probs,
+                self.top_k,
+                None if self.is_dropless(training) else capacity,
+                mask,
+                self.batch_prioritized_routing,
+            )
+        elif self.routing == "tokens_choose":
             decision = routing.tokens_choose_routing(
                 router_probs,
                 self.top_k,
@@ -227,9 +255,7 @@ class SwitchRouter(keras.layers.Layer):
             ),
             "router_z_loss": routing.router_z_loss(router_logits, mask),
             "dropped_fraction": 1.0
-            - routing.masked_mean(
-                tf.cast(decision["kept"], tf.float32), mask[..., None]
-            ),
+            - routing.masked_mean(tf.cast(decision.kept, tf.float32), mask[..., None]),
             "router_confidence": routing.masked_mean(
                 tf.reduce_max(router_probs, axis=-1), mask
             ),
@@ -245,12 +271,12 @@ class SwitchRouter(keras.layers.Layer):
             self.routing_metrics.update_state(
                 stats, tf.reduce_sum(tf.cast(mask, tf.float32))
             )
-        return {
-            **decision,
-            "router_logits": router_logits,
-            "router_probs": router_probs,
-            "stats": stats,
-        }
+        return RouterOutput(
+            decision=decision,
+            router_logits=router_logits,
+            router_probs=router_probs,
+            stats=stats,
+        )
 
     def get_config(self):
         config = super().get_config()
