@@ -29,7 +29,7 @@ def _field(default, help, **argparse_options):
     )
 
 
-def capacity_factor(value):
+def parse_capacity_factor(value):
     """A capacity factor flag: a positive float, or `none` for dropless."""
     if isinstance(value, str) and value.lower() == DROPLESS:
         return DROPLESS
@@ -51,12 +51,12 @@ class TrainConfig:
         None,
         f"training capacity factor, or '{DROPLESS}' for dropless routing "
         "(default: the preset's)",
-        type=capacity_factor,
+        type=parse_capacity_factor,
     )
     eval_capacity_factor: float | str | None = _field(
         None,
         f"evaluation capacity factor, or '{DROPLESS}' (default: the preset's)",
-        type=capacity_factor,
+        type=parse_capacity_factor,
     )
     group_size: int | None = _field(
         None, "tokens per routing group (default: the preset's)"
@@ -71,6 +71,42 @@ class TrainConfig:
         "shard each Switch layer's experts over the replicas (N/D each, "
         "all-to-all token exchange); --experts and --batch-size must be "
         "divisible by the number of replicas",
+    )
+    top_k: int | None = _field(
+        None,
+        "experts per token (default: the preset's; 2 with --init-from); "
+        "capacity does not scale with it",
+    )
+    normalize_gates: bool = _field(
+        False,
+        "gates sum to 1 over a token's kept experts (Mixtral) instead of p_i(x) "
+        "(Switch); on with --init-from",
+    )
+    shared_expert_dim: int | None = _field(
+        None,
+        "width of a shared expert: a dense FFN on every token, added to the "
+        "routed experts' output (default: the preset's)",
+    )
+    shared_expert_gate: bool = _field(
+        False, "a learned sigmoid gate on the shared expert (Qwen-MoE)"
+    )
+    init_from: str | None = _field(
+        None,
+        "a dense run's model.keras (its vocab.txt beside it) to start from: "
+        "upcycled with copied experts and the same outputs at step 0 (top-2, "
+        "normalized gates, capacity factor 2.5, dropless evaluation unless "
+        "given), or copied as it is with --experts 0",
+    )
+    distill_from: str | None = _field(
+        None,
+        "a teacher run's model.keras (its vocab.txt beside it): train on its "
+        "soft targets and the true next token, e.g. with --experts 0",
+    )
+    distill_weight: float = _field(
+        0.75, "share of the teacher's soft targets in the loss (paper: 0.75)"
+    )
+    distill_temperature: float = _field(
+        1.0, "softens teacher and student distributions in the soft loss"
     )
     epochs: int = _field(3, "training epochs")
     steps_per_epoch: int | None = _field(None, "cap on batches per epoch")
@@ -133,6 +169,10 @@ class TrainConfig:
             "eval_capacity_factor": self.eval_capacity_factor,
             "group_size": self.group_size,
             "dispatch": self.dispatch,
+            "top_k": self.top_k,
+            "shared_expert_dim": self.shared_expert_dim,
+            "shared_expert_gate": self.shared_expert_gate or None,
+            "normalize_gates": self.normalize_gates or None,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         for key in ("capacity_factor", "eval_capacity_factor"):
