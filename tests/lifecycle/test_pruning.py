@@ -38,7 +38,9 @@ def test_pruned_layer_keeps_its_experts_and_router_columns():
         np.testing.assert_array_equal(
             new.router.kernel.numpy(), old.router.kernel.numpy()[:, index]
         )
-        np.testing.assert_array_equal(new.experts.wo.numpy(), old.experts.wo.numpy()[index])
+        np.testing.assert_array_equal(
+            new.experts.wo.numpy(), old.experts.wo.numpy()[index]
+        )
     assert pruned.count_params() < model.count_params()
     # Capacity follows the new N: ceil(2.0 * 24 / 2) = 24 slots per expert.
     assert pruned.get_layer("block_1").ffn.router.expert_capacity(24, False) == 24

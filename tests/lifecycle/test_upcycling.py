@@ -19,7 +19,10 @@ def _trained_dense(seed=0):
     model = dense_model()
     rng = np.random.default_rng(seed)
     model.set_weights(
-        [w + 0.05 * rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()]
+        [
+            w + 0.05 * rng.normal(size=w.shape).astype(w.dtype)
+            for w in model.get_weights()
+        ]
     )
     return model
 
@@ -27,7 +30,9 @@ def _trained_dense(seed=0):
 @pytest.mark.parametrize("dispatch", ["gather", "einsum"])
 def test_upcycled_outputs_equal_the_dense_models_at_step_0(dispatch):
     dense = _trained_dense()
-    sparse = upcycle(dense, 4, switch_options=UPCYCLING_OPTIONS.replace(dispatch=dispatch))
+    sparse = upcycle(
+        dense, 4, switch_options=UPCYCLING_OPTIONS.replace(dispatch=dispatch)
+    )
     assert sparse.config.num_experts == 4
     assert [sparse.config.is_sparse(i) for i in range(4)] == [False, True, False, True]
     ids = token_ids()
@@ -37,7 +42,9 @@ def test_upcycled_outputs_equal_the_dense_models_at_step_0(dispatch):
     # The routing is not trivial: tokens spread over the experts.
     block = sparse.get_layer("block_1")
     experts = block.ffn.experts.wi[0].numpy()
-    np.testing.assert_array_equal(experts[3], dense.get_layer("block_1").ffn.wi[0].numpy()[0])
+    np.testing.assert_array_equal(
+        experts[3], dense.get_layer("block_1").ffn.wi[0].numpy()[0]
+    )
 
 
 def test_upcycled_shared_expert_and_every_block_sparse_keep_the_outputs():
