@@ -173,7 +173,7 @@ def prune(args):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return prune(build_parser().parse_args(argv))
+    prune(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -39,25 +39,27 @@ def test_upcycle_distill_and_prune_from_the_command_line(tmp_path):
     assert student_model.config.num_experts is None
     assert (student / "serving" / "switch" / "1" / "saved_model.pb").exists()
 
-    rows = prune.main(
-        [
-            str(upcycled / "model.keras"),
-            "--keep",
-            "2",
-            "1",
-            "--data",
-            str(corpus),
-            "--output",
-            str(tmp_path / "pruned"),
-            "--batch-size",
-            "4",
-            "--calibration-steps",
-            "2",
-            "--validation-steps",
-            "2",
-            "--latency-runs",
-            "2",
-        ]
+    rows = prune.prune(
+        prune.build_parser().parse_args(
+            [
+                str(upcycled / "model.keras"),
+                "--keep",
+                "2",
+                "1",
+                "--data",
+                str(corpus),
+                "--output",
+                str(tmp_path / "pruned"),
+                "--batch-size",
+                "4",
+                "--calibration-steps",
+                "2",
+                "--validation-steps",
+                "2",
+                "--latency-runs",
+                "2",
+            ]
+        )
     )
     assert [row["experts"] for row in rows] == [4, 2, 1]
     assert rows[0]["parameters"] > rows[1]["parameters"] > rows[2]["parameters"]
