@@ -97,3 +97,21 @@ def test_options_validate_the_shared_expert():
         SwitchOptions(shared_expert_dim=0)
     with pytest.raises(ValueError, match="Set shared_expert_dim"):
         SwitchOptions(shared_expert_gate=True)
+
+
+def test_serving_copy_of_a_model_with_a_shared_expert_predicts_the_same():
+    from tests.lifecycle.tiny_models import switch_model, token_ids
+    from tf_switch.export import serving_model
+
+    model = switch_model(
+        switch_options={
+            "group_size": 24,
+            "eval_capacity_factor": None,
+            "shared_expert_dim": 8,
+            "shared_expert_gate": True,
+        }
+    )
+    copy = serving_model(model)
+    assert copy.config.switch_options.shared_expert_dim == 8
+    ids = token_ids()
+    np.testing.assert_allclose(np.asarray(copy(ids)), np.asarray(model(ids)), atol=1e-5)
