@@ -151,7 +151,49 @@ def main():
         f.write(report + "\n")
 
 
+def step_zero(args):
+    """The dense run and its upcycled copy on the validation batches, before
+    any training: the same perplexity, logits equal to float rounding."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import keras
+    import numpy as np
+
+    from tf_switch import text
+    from tf_switch.lifecycle import upcycle
+    from tf_switch.metrics import Perplexity
+    from training import corpus as corpus_lib
+    from training.config import TrainConfig
+    from training.train import build_datasets
+
+    dense = keras.saving.load_model(model_path(args, "dense"))
+    tokenizer = text.WordPieceTokenizer(os.path.join(args.output, "dense", "vocab.txt"))
+    settings = TrainConfig(
+        batch_size=args.batch_size,
+        validation_steps=args.validation_steps,
+        steps_per_epoch=1,
+    )
+    _, validation = build_datasets(
+        corpus_lib.load_corpus(None), tokenizer, dense.config, settings
+    )
+    sparse = upcycle(dense, 8)
+    worst = 0.0
+    for x, _ in validation.dataset():
+        difference = np.abs(np.asarray(sparse(x)) - np.asarray(dense(x))).max()
+        worst = max(worst, float(difference))
+    lines = []
+    for name, model in (("dense", dense), ("upcycled", sparse)):
+        model.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[Perplexity()],
+        )
+        result = model.evaluate(validation.dataset(), verbose=0, return_dict=True)
+        lines.append(f"{name + ' val perplexity':<23} {result['perplexity']}")
+    lines.append(f"max |logit difference|  {worst}")
+    return "\n".join(lines)
+
+
 def upcycling(args, dense):
+    at_step_zero = step_zero(args)
     init = ["--init-from", model_path(args, "dense")]
     dense_more = train(
         "dense_more", args, *init, "--experts", "0", epochs=args.extra_epochs
@@ -162,6 +204,12 @@ def upcycling(args, dense):
     extra = args.extra_epochs * args.steps_per_epoch
     return "\n".join(
         [
+            "Upcycled at step 0:",
+            "",
+            "```",
+            at_step_zero,
+            "```",
+            "",
             f"Upcycling: {extra} more steps from the dense run "
             f"(val perplexity after {args.epochs * args.steps_per_epoch} steps: "
             f"{dense[-1]:.1f})",
