@@ -150,12 +150,28 @@ class SwitchOptions(RouterOptions):
         expert_parallel: shard the experts over the replicas of the
             `tf.distribute` strategy the layer is built under (see
             `tf_switch.distribute.expert_parallel`).
+        shared_expert_dim: hidden width of a shared expert, a dense FFN that
+            every token passes through beside its routed experts, whose
+            output is added to theirs (DeepSpeed-MoE's residual MoE,
+            Qwen-MoE's shared expert); None (default): no shared expert. It
+            stays data-parallel under `expert_parallel`.
+        shared_expert_gate: scale the shared expert's output per token by a
+            learned gate sigmoid(x w), as Qwen-MoE does; needs
+            `shared_expert_dim`.
+        normalize_gates: divide each token's output by the sum of the router
+            probabilities of its kept choices, so its gates sum to 1 (Mixtral,
+            sparse upcycling) instead of being p_i(x) (Switch). With
+            `top_k=1` the gate is then always 1 and the router learns from
+            its auxiliary losses only; use it with `top_k >= 2`.
         **router options: see `RouterOptions`.
     """
 
     group_size: int | None = None
     dispatch: str = "gather"
     expert_parallel: bool = False
+    shared_expert_dim: int | None = None
+    shared_expert_gate: bool = False
+    normalize_gates: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -187,6 +203,23 @@ class SwitchOptions(RouterOptions):
                 "expert parallelism. Received: dispatch="
                 f"{self.dispatch!r}, capacity_factor={self.capacity_factor}, "
                 f"eval_capacity_factor={self.eval_capacity_factor}"
+            )
+        if self.shared_expert_dim is not None and (
+            isinstance(self.shared_expert_dim, bool)
+            or not isinstance(self.shared_expert_dim, int)
+            or self.shared_expert_dim < 1
+        ):
+            raise _invalid(
+                "shared_expert_dim", "a positive int or None", self.shared_expert_dim
+            )
+        for name in ("shared_expert_gate", "normalize_gates"):
+            if not isinstance(getattr(self, name), bool):
+                raise _invalid(name, "a bool", getattr(self, name))
+        if self.shared_expert_gate and self.shared_expert_dim is None:
+            raise ValueError(
+                "`shared_expert_gate` gates the shared expert, but there is none. "
+                "Set shared_expert_dim=... as well. Received: "
+                "shared_expert_gate=True, shared_expert_dim=None"
             )
 
     def router_options(self):

@@ -53,9 +53,6 @@ class TrainConfig:
         "a Switch FFN in every this-many-th block; 1: every block (default: the "
         "preset's)",
     )
-    top_k: int | None = _field(
-        None, "experts per token (1 is Switch; default: the preset's)"
-    )
     capacity_factor: float | str | None = _field(
         None,
         f"training capacity factor, or '{DROPLESS}' for dropless routing "
@@ -81,6 +78,42 @@ class TrainConfig:
         "shard each Switch layer's experts over the replicas (N/D each, "
         "all-to-all token exchange); --experts and --batch-size must be "
         "divisible by the number of replicas",
+    )
+    top_k: int | None = _field(
+        None,
+        "experts per token (default: the preset's; 2 with --init-from); "
+        "capacity does not scale with it",
+    )
+    normalize_gates: bool = _field(
+        False,
+        "gates sum to 1 over a token's kept experts (Mixtral) instead of p_i(x) "
+        "(Switch); on with --init-from",
+    )
+    shared_expert_dim: int | None = _field(
+        None,
+        "width of a shared expert: a dense FFN on every token, added to the "
+        "routed experts' output (default: the preset's)",
+    )
+    shared_expert_gate: bool = _field(
+        False, "a learned sigmoid gate on the shared expert (Qwen-MoE)"
+    )
+    init_from: str | None = _field(
+        None,
+        "a dense run's model.keras (its vocab.txt beside it) to start from: "
+        "upcycled with copied experts and the same outputs at step 0 (top-2, "
+        "normalized gates, capacity factor 2.5, dropless evaluation unless "
+        "given), or copied as it is with --experts 0",
+    )
+    distill_from: str | None = _field(
+        None,
+        "a teacher run's model.keras (its vocab.txt beside it): train on its "
+        "soft targets and the true next token, e.g. with --experts 0",
+    )
+    distill_weight: float = _field(
+        0.75, "share of the teacher's soft targets in the loss (paper: 0.75)"
+    )
+    distill_temperature: float = _field(
+        1.0, "softens teacher and student distributions in the soft loss"
     )
     epochs: int = _field(3, "training epochs")
     steps_per_epoch: int | None = _field(None, "cap on batches per epoch")
@@ -149,11 +182,14 @@ class TrainConfig:
     def switch_overrides(self):
         """The `SwitchOptions` fields this run sets (None: keep the preset's)."""
         overrides = {
-            "top_k": self.top_k,
             "capacity_factor": self.capacity_factor,
             "eval_capacity_factor": self.eval_capacity_factor,
             "group_size": self.group_size,
             "dispatch": self.dispatch,
+            "top_k": self.top_k,
+            "shared_expert_dim": self.shared_expert_dim,
+            "shared_expert_gate": self.shared_expert_gate or None,
+            "normalize_gates": self.normalize_gates or None,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         for key in ("capacity_factor", "eval_capacity_factor"):

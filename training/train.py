@@ -5,6 +5,8 @@
     python -m training.train --data my.txt --preset tiny --epochs 5 --output runs/a
     python -m training.train --config run.json   # the same flags as a JSON object
     python -m training.train --strategy mirrored --cpu-devices 2  # data-parallel
+    python -m training.train --init-from runs/dense/model.keras --experts 8  # upcycle
+    python -m training.train --distill-from runs/switch/model.keras --experts 0
     TF_CONFIG=... python -m training.train       # one worker of a cluster
 
 Writes to --output (the chief alone when several workers train together):
@@ -32,11 +34,11 @@ from tf_switch.distribute import (
 )
 from tf_switch.export import export_for_serving
 from tf_switch.metrics import Perplexity
-from tf_switch.models import SwitchLanguageModel, get_preset, model_report
+from tf_switch.models import get_preset, model_report
 from tf_switch.schedules import WarmupSchedule
 
 from . import corpus as corpus_lib
-from . import plots
+from . import lifecycle, plots
 from .callbacks import (
     EpochSetter,
     ExpertLoadRecorder,
@@ -66,8 +68,11 @@ def build_model_config(config, vocab_size):
         model_config = model_config.replace(sparse_every=config.sparse_every)
     if model_config.num_experts is None:
         return model_config.dense_twin()
+    overrides = config.switch_overrides()
+    if config.init_from:
+        overrides = {**lifecycle.upcycling_overrides(config), **overrides}
     return model_config.replace(
-        switch_options=model_config.switch_options.replace(**config.switch_overrides())
+        switch_options=model_config.switch_options.replace(**overrides)
     )
 
 
@@ -122,16 +127,24 @@ def build_datasets(corpus, tokenizer, model_config, config):
 
 
 def compile_model(model_config, steps_per_epoch, config):
-    model = SwitchLanguageModel(model_config)
+    """The model to fit (new, `--init-from`, or wrapped with a
+    `--distill-from` teacher), compiled. Call under the strategy's scope."""
+    model = lifecycle.with_teacher(
+        lifecycle.initial_model(model_config, config), config
+    )
     schedule = WarmupSchedule(
         config.learning_rate,
         warmup_steps=config.warmup_steps,
         total_steps=steps_per_epoch * config.epochs,
         decay=config.schedule,
     )
+    distilling = model is not lifecycle.trained_model(model)
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        # A distillation computes its own loss from the teacher's logits.
+        loss=None
+        if distilling
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[Perplexity()],
         steps_per_execution=config.steps_per_execution,
         jit_compile=config.jit_compile,
@@ -256,6 +269,8 @@ def train(config, strategy=None):
     chief = is_chief(strategy)
 
     corpus = corpus_lib.load_corpus(config.data)
+    if chief:
+        lifecycle.reuse_vocabulary(config)
     tokenizer = load_tokenizer(corpus, config, chief)
     model_config = build_model_config(config, tokenizer.vocab_size)
     check_jit_compile(config, model_config)
@@ -292,6 +307,7 @@ def train(config, strategy=None):
         shuffle=False,  # the windows are already in their (seed, epoch) order
         verbose=2 if not sys.stdout.isatty() else "auto",
     )
+    model = lifecycle.trained_model(model)
     if not chief:
         return model
     sample, export_dir = write_results(model, load_recorder, tokenizer, config)

@@ -14,10 +14,12 @@ def max_error(actual, expected):
     return float(np.max(np.abs(np.asarray(actual) - np.asarray(expected))))
 
 
-def switch_ffn(expert_parallel, num_experts=8, dispatch="gather"):
+def switch_ffn(expert_parallel, num_experts=8, dispatch="gather", shared=False):
     from tf_switch import SwitchFFN
 
+    shared_expert = {"shared_expert_dim": 6, "shared_expert_gate": True}
     return SwitchFFN(
+        **(shared_expert if shared else {}),
         num_experts=num_experts,
         dispatch=dispatch,
         intermediate_dim=12,
@@ -29,8 +31,9 @@ def switch_ffn(expert_parallel, num_experts=8, dispatch="gather"):
     )
 
 
-def check_layer(strategy, dispatch="gather"):
-    """Outputs and gradients of one call against the replicated layer."""
+def check_layer(strategy, dispatch="gather", shared=False):
+    """Outputs and gradients of one call against the replicated layer; with
+    `shared`, the layer has a gated shared expert, which stays data-parallel."""
     import keras
 
     from tf_switch.distribute.expert_parallel import (
@@ -47,7 +50,7 @@ def check_layer(strategy, dispatch="gather"):
     upstream = rng.normal(size=inputs.shape).astype(np.float32)
 
     keras.utils.set_random_seed(1)
-    plain = switch_ffn(expert_parallel=False, dispatch=dispatch)
+    plain = switch_ffn(expert_parallel=False, dispatch=dispatch, shared=shared)
     plain.build(inputs.shape)
     with tf.GradientTape() as tape:
         expected = plain(inputs, training=True)
@@ -55,7 +58,7 @@ def check_layer(strategy, dispatch="gather"):
     expected_grads = tape.gradient(loss, plain.trainable_variables)
 
     with strategy.scope():
-        layer = switch_ffn(expert_parallel=True, dispatch=dispatch)
+        layer = switch_ffn(expert_parallel=True, dispatch=dispatch, shared=shared)
         layer.build(inputs.shape)
     set_logical_weights(layer, plain.get_weights())
 

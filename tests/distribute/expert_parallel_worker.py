@@ -9,7 +9,7 @@ subprocesses with a hard timeout:
 
 runs the named checks (comma-separated) on 2 logical CPUs; the last line of
 stdout holds their results as one JSON object. The checks live in
-`expert_parallel_checks` (layer, layer_einsum, bfloat16, serving_copy,
+`expert_parallel_checks` (layer, layer_einsum, layer_shared, bfloat16, serving_copy,
 errors) and `expert_parallel_fit` (fit, with an optional directory for the
 save, load and resume checks).
 """
@@ -48,6 +48,8 @@ def main(argv):
             result.update(check_layer(strategy))
         elif check == "layer_einsum":  # the dispatch TPUs use
             result["einsum"] = check_layer(strategy, dispatch="einsum")
+        elif check == "layer_shared":  # a shared expert stays data-parallel
+            result["shared"] = check_layer(strategy, shared=True)
         elif check == "bfloat16":
             result.update(check_bfloat16(strategy))
         elif check == "serving_copy":

@@ -66,7 +66,9 @@ def check_fit(result, num_devices):
 def two_devices():
     """One process on 2 logical CPUs for the quick checks; `errors` last,
     since its timed-out collective aborts the process's collectives."""
-    return run_worker("layer,layer_einsum,bfloat16,serving_copy,errors", "2")
+    return run_worker(
+        "layer,layer_einsum,layer_shared,bfloat16,serving_copy,errors", "2"
+    )
 
 
 def test_layer_matches_replicated_experts_on_2_devices(two_devices):
@@ -75,6 +77,16 @@ def test_layer_matches_replicated_experts_on_2_devices(two_devices):
 
 def test_einsum_dispatch_matches_replicated_experts(two_devices):
     check_layer(two_devices["einsum"], 2)
+
+
+def test_shared_expert_stays_data_parallel(two_devices):
+    # Routed experts sharded, the shared expert whole on every replica, its
+    # gradient summed over replicas like any data-parallel weight.
+    shared = two_devices["shared"]
+    check_layer(shared, 2)
+    assert shared["shapes"]["ffn/shared_expert/ffn/wo"] == [1, 6, 8]
+    assert shared["shapes"]["ffn/shared_expert/gate_kernel"] == [8, 1]
+    assert "ffn/shared_expert/ffn/wi" in shared["grad_errors"]
 
 
 def test_mixed_bfloat16_matches_replicated_experts(two_devices):

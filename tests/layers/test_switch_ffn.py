@@ -315,3 +315,65 @@ def test_fit_lowers_loss_and_logs_routing_metrics():
         "expert_3_fraction",
     ):
         assert f"moe_router/{key}" in history.history
+
+
+@pytest.mark.parametrize("dispatch", ["gather", "einsum"])
+def test_normalized_gates_of_identical_experts_give_that_expert(dispatch):
+    # Top-2, gates p1 / (p1 + p2) and p2 / (p1 + p2): with all experts the
+    # same function E, every kept token's output is E(x), whatever the router.
+    ffn = _built(
+        SwitchFFN(
+            4,
+            6,
+            top_k=2,
+            normalize_gates=True,
+            capacity_factor=None,
+            dispatch=dispatch,
+        ),
+        (None, 8, 4),
+    )
+    wi, wo = ffn.experts.wi[0].numpy(), ffn.experts.wo.numpy()
+    ffn.experts.wi[0].assign(np.repeat(wi[:1], 4, axis=0))
+    ffn.experts.wo.assign(np.repeat(wo[:1], 4, axis=0))
+    x = random_inputs((2, 8, 4))
+    expected = _expert_outputs(ffn, x.reshape(-1, 4), 0).reshape(x.shape)
+    np.testing.assert_allclose(np.asarray(ffn(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_normalized_gates_still_train_the_router():
+    ffn = _built(
+        SwitchFFN(4, 6, top_k=2, normalize_gates=True, capacity_factor=None),
+        (None, 8, 4),
+    )
+    x = random_inputs((2, 8, 4))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(ffn(x, training=True) * random_inputs((2, 8, 4), 1))
+    router_grad = tape.gradient(loss, ffn.router.kernel)
+    assert float(tf.reduce_max(tf.abs(router_grad))) > 1e-4
+
+
+def test_a_token_without_kept_choices_stays_zero_with_normalized_gates():
+    # A ones kernel ties every logit: each token chooses experts 0 then 1
+    # (lowest index first), each with p = 1/4. Capacity ceil(0.5 * 8 / 4) = 1:
+    # first choices go first, so expert 0 takes token 0, and expert 1 takes
+    # token 0's second choice. Token 0 gets (E_0 + E_1) / 2, the rest 0.
+    ffn = _built(
+        SwitchFFN(
+            4,
+            6,
+            top_k=2,
+            normalize_gates=True,
+            capacity_factor=0.5,
+            min_capacity=1,
+            router_z_loss_weight=0,
+        ),
+        (None, 8, 4),
+    )
+    ffn.router.kernel.assign(np.ones((4, 4), np.float32))
+    x = random_inputs((1, 8, 4))
+    y = np.asarray(ffn(x, training=True))
+    expected = (
+        _expert_outputs(ffn, x[0, :1], 0) + _expert_outputs(ffn, x[0, :1], 1)
+    ) / 2
+    np.testing.assert_allclose(y[0, :1], expected, rtol=1e-5)
+    assert np.all(y[0, 1:] == 0.0)

@@ -39,6 +39,13 @@ def _tokens(shape=(4, 12), seed=0, low=1):
         _small(),
         _small().dense_twin(),
         _small(tie_embeddings=False, activation="gated-gelu", sparse_every=1),
+        _small(
+            switch_options={
+                "group_size": 24,
+                "shared_expert_dim": 8,
+                "shared_expert_gate": True,
+            }
+        ),
     ],
 )
 def test_parameter_count_matches_the_built_model(config):

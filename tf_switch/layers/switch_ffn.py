@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tf_switch import dispatch as dispatch_lib
 from tf_switch.layers.expert_ffn import ExpertFFN
+from tf_switch.layers.shared_expert import SharedExpert
 from tf_switch.layers.switch_router import SwitchRouter
 from tf_switch.options import SwitchOptions
 from tf_switch.xla import in_xla_context
@@ -59,6 +60,11 @@ class SwitchFFN(keras.layers.Layer):
               `tf.distribute` strategy the layer is built under, N/D per
               replica, with all-to-all token exchange; the router stays
               data-parallel (`tf_switch.distribute.expert_parallel`).
+            - `shared_expert_dim`, `shared_expert_gate`: add a `SharedExpert`
+              (a dense FFN on every token, optionally gated) to the routed
+              output; it stays data-parallel.
+            - `normalize_gates`: each token's gates sum to 1 over its kept
+              choices (with `top_k >= 2`; what upcycling uses).
         **kwargs: `SwitchOptions` fields, then `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -69,8 +75,9 @@ class SwitchFFN(keras.layers.Layer):
         return_router_stats: also return the router's statistics (see
             `SwitchRouter`), for custom training loops, plus each token's
             routing: `token_expert` (`<int32>`, `inputs.shape[:-1]`, its top
-            expert, -1 when dropped or padding) and `token_probability`
-            (`<float32>`, that expert's router probability).
+            expert, -1 when dropped or padding), `token_probability`
+            (`<float32>`, that expert's router probability) and
+            `token_router_probs` (`<float32>[..., N]`, all of them).
 
     Returns:
         Same shape as `inputs`; with `return_router_stats=True`, a tuple
@@ -136,6 +143,19 @@ class SwitchFFN(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="experts",
         )
+        self.shared_expert = None
+        if self.options.shared_expert_dim is not None:
+            # A plain (replicated) layer even with expert_parallel=True.
+            self.shared_expert = SharedExpert(
+                self.options.shared_expert_dim,
+                gated=self.options.shared_expert_gate,
+                activation=activation,
+                expert_dropout=expert_dropout,
+                use_bias=use_bias,
+                kernel_initializer=kernel_initializer,
+                dtype=self.dtype_policy,
+                name="shared_expert",
+            )
 
     def uses_dynamic_shapes(self):
         """Whether some mode of this layer dispatches sorted (not for XLA)."""
@@ -150,6 +170,20 @@ class SwitchFFN(keras.layers.Layer):
         tokens_per_group = self.group_size or input_shape[-2]
         self.router.build((None, tokens_per_group, hidden_dim))
         self.experts.build((self.router.num_experts, None, hidden_dim))
+        if self.shared_expert is not None:
+            self.shared_expert.build(input_shape)
+
+    def _normalized(self, outputs, expert_outputs, decision, tokens_per_group):
+        """`outputs` [G, T, d] divided by each token's sum of kept gates.
+
+        That sum is the combine of all-ones expert outputs, so it holds for
+        any dispatch method and routing; a token with no kept choice stays 0.
+        """
+        ones = tf.ones_like(expert_outputs[..., :1])  # [N, G*C, 1]
+        gate_sum = dispatch_lib.combine(
+            ones, decision, tokens_per_group, self.dispatch
+        )  # [G, T, 1]
+        return tf.math.divide_no_nan(outputs, gate_sum)
 
     def _fills_groups(self, inputs):
         """Whether the tokens statically fill whole groups: no padding needed.
@@ -238,7 +272,15 @@ class SwitchFFN(keras.layers.Layer):
         outputs = dispatch_lib.combine(
             expert_outputs, decision, tokens_per_group, method
         )  # [G, T, d]
+        if self.options.normalize_gates:
+            outputs = self._normalized(
+                outputs, expert_outputs, decision, tokens_per_group
+            )
         outputs = self._from_groups(outputs, inputs)
+        if self.shared_expert is not None:
+            outputs += self.shared_expert(
+                inputs, padding_mask=padding_mask, training=training
+            )
         if return_router_stats:
             probs = routed.router_probs  # [G, T, N]
             first_kept = decision.kept[..., 0]  # [G, T]
@@ -249,6 +291,7 @@ class SwitchFFN(keras.layers.Layer):
                 **routed.stats,
                 "token_expert": self._from_groups(token_expert, inputs),
                 "token_probability": self._from_groups(token_probability, inputs),
+                "token_router_probs": self._from_groups(probs, inputs),
             }
         return outputs
 

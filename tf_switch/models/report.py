@@ -11,7 +11,7 @@ def parameter_and_flop_counts(config):
 
     FLOPs are forward, per token, 2 per multiply-add, with attention over the
     full `sequence_length`; a Switch FFN costs `top_k` experts plus the router
-    (capacity padding not counted).
+    and its shared expert, if any (capacity padding not counted).
 
     Returns:
         dict with `parameters`, `expert_parameters`, `parameters_per_expert`,
@@ -24,6 +24,10 @@ def parameter_and_flop_counts(config):
     attention_parameters = 4 * d * d + 4 * d  # q, k, v, output kernels and biases
     attention_flops = 2 * 4 * d * d + 2 * 2 * config.sequence_length * d
     top_k = config.switch_options.top_k
+    shared_dim = config.switch_options.shared_expert_dim
+    shared_parameters = (ffn_in + 1) * d * shared_dim if shared_dim else 0
+    if config.switch_options.shared_expert_gate:
+        shared_parameters += d
 
     parameters = config.vocab_size * d + config.sequence_length * d + 2 * d
     if not config.tie_embeddings:
@@ -38,8 +42,9 @@ def parameter_and_flop_counts(config):
             sparse_layers += 1
             experts = config.num_experts * ffn_parameters
             expert_parameters += experts
-            parameters += experts + d * config.num_experts
+            parameters += experts + d * config.num_experts + shared_parameters
             flops += top_k * ffn_flops + 2 * d * config.num_experts
+            flops += 2 * shared_parameters
         else:
             parameters += ffn_parameters
             flops += ffn_flops
