@@ -25,6 +25,11 @@ def test_mirrored_training_equals_single_device(group_size):
         assert single.keys() == mirrored.keys()
         assert "block_1_ffn_router/load_balance_loss" in single
         for key in single:
+            if key.endswith("/max_load"):
+                # The busiest expert's share is a max, taken on each replica's
+                # half of the batch; Keras averages metrics over replicas, so
+                # it is not the global max (every summed metric is exact).
+                continue
             np.testing.assert_allclose(
                 mirrored[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key
             )

@@ -219,7 +219,10 @@ def test_tf_error_messages_lose_stacks_nodes_and_paths():
 
 GENERATE = f"/v1/models/{NAME}:predict"
 _PROMPT = '{"signature_name": "generate", "inputs": {"prompt": [%s], '
-_REST = '"max_new_tokens": [1], "temperature": [%s]}}'
+_REST = (
+    '"max_new_tokens": [1], "temperature": [%s], "top_k": [0], "top_p": [1.0], '
+    '"seed": [0]}}'
+)
 
 
 @pytest.mark.parametrize(

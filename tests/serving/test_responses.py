@@ -133,7 +133,14 @@ def test_outputs_larger_than_predicted_are_refused_before_encoding(
         server,
         {
             "signature_name": "generate",
-            "inputs": {"prompt": ["a"], "max_new_tokens": [1], "temperature": [0.0]},
+            "inputs": {
+                "prompt": ["a"],
+                "max_new_tokens": [1],
+                "temperature": [0.0],
+                "top_k": [0],
+                "top_p": [1.0],
+                "seed": [0],
+            },
         },
     )
     check_error(status, body, 400, exported)

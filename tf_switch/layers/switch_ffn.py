@@ -173,15 +173,15 @@ class SwitchFFN(keras.layers.Layer):
         if self.shared_expert is not None:
             self.shared_expert.build(input_shape)
 
-    def _normalized(self, outputs, expert_outputs, decision, tokens_per_group):
+    def _normalized(self, outputs, expert_outputs, decision, tokens_per_group, method):
         """`outputs` [G, T, d] divided by each token's sum of kept gates.
 
         That sum is the combine of all-ones expert outputs, so it holds for
         any dispatch method and routing; a token with no kept choice stays 0.
         """
-        ones = tf.ones_like(expert_outputs[..., :1])  # [N, G*C, 1]
+        ones = tf.ones_like(expert_outputs[..., :1])  # [N, G*C, 1] or [M, 1]
         gate_sum = dispatch_lib.combine(
-            ones, decision, tokens_per_group, self.dispatch
+            ones, decision, tokens_per_group, method
         )  # [G, T, 1]
         return tf.math.divide_no_nan(outputs, gate_sum)
 
@@ -274,7 +274,7 @@ class SwitchFFN(keras.layers.Layer):
         )  # [G, T, d]
         if self.options.normalize_gates:
             outputs = self._normalized(
-                outputs, expert_outputs, decision, tokens_per_group
+                outputs, expert_outputs, decision, tokens_per_group, method
             )
         outputs = self._from_groups(outputs, inputs)
         if self.shared_expert is not None:
