@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # The oldest Keras setup.py allows: the private-API shims
 # (tf_switch/keras_internals.py) are tested on it as well as on the newest.
-KERAS_OLDEST := 3.10.0
+KERAS_OLDEST := 3.13.0
 KERAS_OLDEST_DIR := .keras-$(KERAS_OLDEST)
 # The tests that exercise tf_switch/keras_internals.py for real.
 KERAS_INTERNALS_TESTS := tests/test_keras_internals.py tests/training/test_callbacks.py \

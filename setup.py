@@ -19,7 +19,7 @@ from setuptools import find_packages, setup
 
 # The Keras releases the private-API shims in tf_switch/keras_internals.py are
 # tested against: CI runs tests/test_keras_internals.py on both bounds.
-KERAS = "keras>=3.10,<3.16"
+KERAS = "keras>=3.13,<3.16"
 
 TEXT = ["tensorflow-text~=2.20.0"]
 TRAIN = [*TEXT, "matplotlib"]

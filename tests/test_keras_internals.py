@@ -66,7 +66,7 @@ def test_installed_keras_is_inside_the_supported_range():
 
 def test_outside_the_range_each_feature_refuses_with_what_to_do(monkeypatch):
     monkeypatch.setattr(keras, "version", lambda: "3.99.0")
-    with pytest.raises(NotImplementedError, match=r"3\.10 to 3\.16.*3\.99\.0"):
+    with pytest.raises(NotImplementedError, match=r"3\.13 to 3\.16.*3\.99\.0"):
         keras_internals.fix_multi_worker_fit()
     with pytest.raises(NotImplementedError, match="optimizer hooks"):
         keras_internals.hook_tf_optimizer("test", save_own_variables=lambda f: f)

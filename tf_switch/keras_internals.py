@@ -35,8 +35,8 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 # (major, minor), low inclusive, high exclusive; keep equal to setup.py's
-# `keras>=3.10,<3.16` (a test checks the installed package's requirement).
-SUPPORTED_KERAS = ((3, 10), (3, 16))
+# `keras>=3.13,<3.16` (a test checks the installed package's requirement).
+SUPPORTED_KERAS = ((3, 13), (3, 16))
 
 
 def keras_version():
