@@ -200,7 +200,7 @@ def test_train_on_tpu_falls_back_trains_and_exports(trained):
     export = run / "serving" / "switch" / "1"
     assert (export / "saved_model.pb").exists()
     assert (export / "assets" / "vocab.txt").exists()
-    assert "signatures: ['generate', 'route', 'serving_default']" in text
+    assert "signatures: ['generate', 'next_token', 'route', 'serving_default']" in text
     assert "generate (greedy): KING:" in text
     assert (run / "serving-export.zip").stat().st_size > 0
 
