@@ -103,34 +103,27 @@ def _switch_base(num_experts):
     )
 
 
+_TINY = ModelConfig(
+    vocab_size=2000,
+    sequence_length=64,
+    hidden_dim=128,
+    intermediate_dim=256,
+    num_layers=4,
+    num_heads=4,
+    num_experts=8,
+    sparse_every=2,
+    dropout=0.1,
+    switch_options=SwitchOptions(group_size=1024),
+)
+
 PRESETS = {
     # Trains on 2 CPU cores in minutes.
-    "tiny": ModelConfig(
-        vocab_size=2000,
-        sequence_length=64,
-        hidden_dim=128,
-        intermediate_dim=256,
-        num_layers=4,
-        num_heads=4,
-        num_experts=8,
-        sparse_every=2,
-        dropout=0.1,
-        switch_options=SwitchOptions(group_size=1024),
-    ),
+    "tiny": _TINY,
     # tiny plus a gated shared expert as wide as the experts (Qwen-MoE).
-    "tiny-shared": ModelConfig(
-        vocab_size=2000,
-        sequence_length=64,
-        hidden_dim=128,
-        intermediate_dim=256,
-        num_layers=4,
-        num_heads=4,
-        num_experts=8,
-        sparse_every=2,
-        dropout=0.1,
-        switch_options=SwitchOptions(
-            group_size=1024, shared_expert_dim=256, shared_expert_gate=True
-        ),
+    "tiny-shared": _TINY.replace(
+        switch_options=_TINY.switch_options.replace(
+            shared_expert_dim=256, shared_expert_gate=True
+        )
     ),
     "switch-base-8": _switch_base(8),
     "switch-base-32": _switch_base(32),
