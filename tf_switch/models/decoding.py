@@ -27,7 +27,7 @@ from tf_switch.keras_internals import flatten_layers
 from tf_switch.layers import SwitchRouter
 
 
-def inference_model(model):
+def inference_model(model, **switch_changes):
     """A float32, dropless copy of a model of ours that routes per sequence.
 
     `model` is a `SwitchLanguageModel`, `SwitchEncoder` or `SwitchViT` (any
@@ -42,10 +42,23 @@ def inference_model(model):
     (`logical_weights`: an expert-parallel model's experts gathered to full
     `[N, ...]`); dropout is inactive at inference anyway, and the routers
     update no metric (a request must not write state).
+
+    `switch_changes` override `SwitchOptions` fields of the copy after
+    `for_serving()`, e.g. `eval_capacity_factor=0.5` to evaluate a trained
+    ViT with V-MoE's capacity below one.
+
+    Example:
+
+    >>> from tf_switch.models import SwitchViT, get_preset
+    >>> vit = SwitchViT(get_preset("vit-tiny", num_layers=2), num_classes=3)
+    >>> copy = inference_model(vit, eval_capacity_factor=0.5)
+    >>> copy.config.switch_options.eval_capacity_factor
+    0.5
     """
     config = model.config
     if config.num_experts is not None:
-        config = config.replace(switch_options=config.switch_options.for_serving())
+        options = config.switch_options.for_serving().replace(**switch_changes)
+        config = config.replace(switch_options=options)
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
