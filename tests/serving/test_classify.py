@@ -5,6 +5,7 @@ serving/json_classify.py; the fixtures are tests/serving/classify_models.py).
 Expected messages are TF Serving's own (classifier.cc, util.cc,
 json_tensor.cc, classification_service.cc)."""
 
+import json
 import math
 import os
 import types
@@ -23,6 +24,7 @@ from tensorflow_serving.apis import (
 
 from serving import classify, flags, warmup
 from serving.client import GrpcClient, RestClient, ServingClientError
+from serving.client import main as client_main
 from serving.grpc_server import make_grpc_server
 from serving.json_classify import classification_pieces, float32_text, parse_classify
 from serving.status import ServingError
@@ -582,7 +584,7 @@ def test_classify_warmup_records(core, tmp_path):
         warmup.run_warmup(stand_in, signature_method_name_check=True)
 
 
-def test_clients_classify(rest, grpc_served):
+def test_clients_classify(rest, grpc_served, capsys):
     host, port = rest.server_address[:2]
     examples = [
         {"x": np.float32(1.5), "color": b"\xffred", "tags": ["a", "b"]},
@@ -612,3 +614,21 @@ def test_clients_classify(rest, grpc_served):
         info.value.message
         == "Unexpected element type in feature: n expecting type: int64"
     )
+    status = client_main(
+        [
+            "--rest",
+            f"http://{host}:{port}",
+            "--model",
+            MODEL,
+            "classify",
+            "--example",
+            '{"x": 1.5, "color": "red"}',
+            "--context",
+            '{"n": 2}',
+        ]
+    )
+    assert status == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "classes": [["red", "n", "tags"]],
+        "scores": [[1.5, 2.0, 0.0]],
+    }
