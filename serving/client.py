@@ -7,6 +7,7 @@
     client.generate_outputs(["ROMEO:"], 8, temperature=0.8, top_k=40, seed=1)
     # {"text": ..., "token_ids": ..., "expert": ...}
     client.route([[2, 10, 11]])  # {"expert": ..., "probability": ...}
+    client.classify([{"text": "a fine day"}])  # {"classes": ..., "scores": ...}
     GrpcClient("127.0.0.1:8500", model_name="switch").predict(...)  # the same
 
 Both clients read the signatures once (`metadata()`) and cast inputs to the
@@ -21,8 +22,10 @@ HTTP status (REST) or the gRPC status code name (gRPC).
 module is the command line:
 `python -m serving.client [--rest URL | --grpc TARGET] --model switch
 {predict --token-ids 2,10,11 | generate --prompt "ROMEO:" [--max-new-tokens N]
-[--temperature T] [--top-k K] [--top-p P] [--seed S] | route --token-ids ...}`
-prints JSON (`generate`: its text, new token ids and experts).
+[--temperature T] [--top-k K] [--top-p P] [--seed S] | route --token-ids ... |
+classify --example '{"text": "..."}' [--example ...] [--context JSON]
+[--signature classify]}` prints JSON (`generate`: its text, new token ids and
+experts; `classify`: classes and scores).
 """
 
 import argparse
@@ -43,6 +46,16 @@ def _ids(text):
         raise argparse.ArgumentTypeError(
             f"--token-ids wants comma-separated integers, got {text!r}"
         ) from None
+
+
+def _json_object(text):
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _jsonable(outputs):
@@ -67,6 +80,13 @@ def main(argv=None):
     command.add_argument("--top-k", type=int, default=0, help="0: off")
     command.add_argument("--top-p", type=float, default=1.0, help="1.0: off")
     command.add_argument("--seed", type=int, default=0)
+    command = commands.add_parser("classify")
+    command.add_argument(
+        "--example", type=_json_object, action="append", required=True,
+        help='one tf.Example as JSON, e.g. \'{"text": "a fine day"}\'',
+    )  # fmt: skip
+    command.add_argument("--context", type=_json_object)
+    command.add_argument("--signature", default="classify")
     args = parser.parse_args(argv)
 
     if args.grpc:
@@ -79,6 +99,10 @@ def main(argv=None):
             result = _jsonable(client.predict({"token_ids": args.token_ids}))
         elif args.command == "route":
             result = _jsonable(client.route(args.token_ids))
+        elif args.command == "classify":
+            result = _jsonable(
+                client.classify(args.example, args.context, args.signature)
+            )
         else:
             outputs = client.generate_outputs(
                 args.prompt,

@@ -1,10 +1,15 @@
 """What `RestClient` and `GrpcClient` share: `ServingClientError`, inputs cast
-to a signature's dtypes where that loses nothing, and `predict`, `generate`
-and `route` over each client's `_predict` and `metadata`."""
+to a signature's dtypes where that loses nothing, `predict`, `generate` and
+`route` over each client's `_predict` and `metadata`, and `classify` over
+each client's `_classify`."""
+
+import base64
 
 import numpy as np
 
 DEFAULT_SIGNATURE = "serving_default"
+# tf-switch classifier exports name their classify signature so.
+CLASSIFY_SIGNATURE = "classify"
 
 # DataType enum names -> numpy dtypes (the ones TF Serving's JSON handles).
 NUMPY_DTYPES = {
@@ -84,6 +89,46 @@ def _generate_inputs(prompts, max_new_tokens, temperature, top_k, top_p, seed):
     }
 
 
+def _json_feature_value(value):
+    """A feature element as TF Serving's JSON holds it: bytes as UTF-8 text
+    or {"b64": ...}, numpy scalars as Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    return value
+
+
+def json_example(features):
+    """{feature: value or list of values} as the JSON object of a tf.Example
+    (TF Serving types it: ints int64, floats float, strings bytes)."""
+    example = {}
+    for name, value in features.items():
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            example[name] = [_json_feature_value(item) for item in value]
+        else:
+            example[name] = _json_feature_value(value)
+    return example
+
+
+def classification_arrays(results):
+    """{"classes": <object>[N, C] bytes, "scores": <float32>[N, C]} of
+    [[(label, score), ...], ...]."""
+    num_classes = len(results[0]) if results else 0
+    classes = np.empty((len(results), num_classes), dtype=object)
+    scores = np.zeros((len(results), num_classes), dtype=np.float32)
+    for row, pairs in enumerate(results):
+        for column, (label, score) in enumerate(pairs):
+            classes[row, column] = to_bytes(label)
+            scores[row, column] = score
+    return {"classes": classes, "scores": scores}
+
+
 def _texts(array):
     return [
         item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
@@ -141,3 +186,26 @@ class BaseClient:
     def route(self, token_ids):
         """{"expert": int32 [batch, length, layers], "probability": float32 ...}."""
         return self.predict({"token_ids": token_ids}, "route")
+
+    def classify(self, examples, context=None, signature_name=CLASSIFY_SIGNATURE):
+        """TF Serving's Classify on tf.Examples.
+
+        Args:
+            examples: a list of {feature name: value or list of values}.
+                Values are typed as TF Serving's REST API types JSON: ints
+                (and bools) int64, floats float (write 1.0, not 1, for a
+                float feature), str and bytes bytes.
+            context: {feature: value} merged into every example (an
+                example's own feature of the same name wins), or None.
+            signature_name: a classify signature ("classify" in tf-switch
+                classifier exports; "" for the model's "serving_default").
+
+        Returns:
+            {"classes": <object>[N, C] labels as bytes ("" when the
+            signature has no `classes`), "scores": <float32>[N, C] (0 when
+            it has no `scores`)}.
+        """
+        examples = [json_example(example) for example in examples]
+        if context is not None:
+            context = json_example(context)
+        return self._classify(examples, context, signature_name)

@@ -6,8 +6,10 @@ version; DIR holds its integer version directories, as for TF Serving) or
 several models, `model_version_policy`, `version_labels`; relative
 `base_path`s are taken from the working directory), plus
 `--file_system_poll_wait_seconds`, `--model_config_file_poll_wait_seconds`
-(re-read the config; 0, the default, never), `--enable_model_warmup` and
-`--allow_version_labels_for_unavailable_models`.
+(re-read the config; 0, the default, never), `--enable_model_warmup`,
+`--allow_version_labels_for_unavailable_models` and
+`--enable_signature_method_name_check` (Classify runs only signatures whose
+method_name is tensorflow/serving/classify; off, as in TF Serving).
 """
 
 import errno
@@ -100,6 +102,9 @@ def add_model_flags(parser):
     parser.add_argument(
         "--allow_version_labels_for_unavailable_models", type=_bool, default=False
     )
+    parser.add_argument(
+        "--enable_signature_method_name_check", type=_bool, default=False
+    )
 
 
 def managers_from_config(path, **options):
@@ -184,11 +189,13 @@ def make_core(
     enable_warmup=True,
     allow_labels_for_unavailable=False,
     config_poll_s=0,
+    signature_method_name_check=False,
 ):
     """A `ServerCore` (not yet polling) from the flags' values."""
     options = {
         "enable_warmup": enable_warmup,
         "allow_labels_for_unavailable": allow_labels_for_unavailable,
+        "signature_method_name_check": signature_method_name_check,
     }
     if model_config_file:
         if base_path or model_name:
@@ -221,6 +228,7 @@ def core_from_args(args, parser):
                 args.allow_version_labels_for_unavailable_models
             ),
             config_poll_s=args.model_config_file_poll_wait_seconds,
+            signature_method_name_check=args.enable_signature_method_name_check,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -4,7 +4,12 @@ grpc, TensorFlow and the TF Serving protos are imported on first use, so
 `import serving.client` stays light for REST-only callers.
 """
 
-from .client_base import DEFAULT_SIGNATURE, BaseClient, ServingClientError
+from .client_base import (
+    DEFAULT_SIGNATURE,
+    BaseClient,
+    ServingClientError,
+    classification_arrays,
+)
 
 
 class GrpcClient(BaseClient):
@@ -67,6 +72,35 @@ class GrpcClient(BaseClient):
         """{output name: numpy array}; `output_filter` selects outputs."""
         return self._predict(
             self._cast_inputs(inputs, signature_name), signature_name, output_filter
+        )
+
+    def _classify(self, examples, context, signature_name):
+        from tensorflow_serving.apis import classification_pb2
+
+        from .json_classify import fill_example
+        from .status import ServingError
+
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature_name or ""
+        try:  # The examples typed as TF Serving types the REST API's JSON.
+            if context is None:
+                target = request.input.example_list.examples
+            else:
+                with_context = request.input.example_list_with_context
+                with_context.context.SetInParent()
+                fill_example(context, with_context.context)
+                target = with_context.examples
+            for example in examples:
+                fill_example(example, target.add())
+        except ServingError as error:
+            raise ServingClientError(error.code, error.message) from None
+        response = self._rpc(self._stub.Classify, request)
+        return classification_arrays(
+            [
+                [(item.label, item.score) for item in classifications.classes]
+                for classifications in response.result.classifications
+            ]
         )
 
     def status(self):

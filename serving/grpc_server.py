@@ -8,6 +8,12 @@ serves
   requested signature of the version that `model_spec` names (a version, a
   `version_label`, or the latest), `TensorProto` outputs (`output_filter`
   honoured);
+- `PredictionService.Classify`: a `ClassificationRequest`'s examples (with
+  or without a context) through a classify signature
+  (`serving.classify`, after TF Serving's `classifier.cc`: "Missing
+  ModelSpec", an unknown signature and a signature or outputs that cannot
+  classify are INVALID_ARGUMENT), a `ClassificationResponse` with the
+  signature actually run; `Regress` and `MultiInference` are UNIMPLEMENTED;
 - `PredictionService.GetModelMetadata`: `metadata_field: "signature_def"` ->
   a `SignatureDefMap` packed in an `Any`;
 - `ModelService.GetModelStatus`: every version with its state, as the REST
@@ -19,7 +25,8 @@ unknown model or version is NOT_FOUND, an unknown label INVALID_ARGUMENT, an
 unknown signature FAILED_PRECONDITION; wrong input names, wrong dtypes,
 unknown output aliases and inputs the graph rejects (e.g. token ids out of
 range) are INVALID_ARGUMENT. The limits are the REST server's
-(`serving.limits`): at most `max_concurrent` predictions run (UNAVAILABLE
+(`serving.limits`): at most `max_concurrent` predictions and
+classifications run (UNAVAILABLE
 "server busy" beyond), each checked, run and turned into its response within
 `request_timeout_s` or the client's deadline, whichever is shorter
 (DEADLINE_EXCEEDED). Message sizes are set on purpose, not left at gRPC's
@@ -42,7 +49,7 @@ import logging
 
 import grpc
 
-from . import flags, predict
+from . import classify, flags, predict
 from .limits import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -80,10 +87,11 @@ def _call(method, request, context):
 class PredictionServicer:
     """`PredictionService` over a `ServerCore` (Predict, GetModelMetadata)."""
 
-    def __init__(self, core, limiter, budget=None):
+    def __init__(self, core, limiter, budget=None, max_example_bytes=None):
         self.core = core
         self.limiter = limiter
         self.budget = budget or ResponseBudget(None, "proto")
+        self.max_example_bytes = max_example_bytes
 
     def _predict(self, request, context):
         loaded = self.core.get(*_model_spec(request.model_spec))
@@ -127,13 +135,35 @@ class PredictionServicer:
     def GetModelMetadata(self, request, context):  # noqa: N802
         return _call(self._metadata, request, context)
 
+    def _classify(self, request, context):
+        if not request.HasField("model_spec"):  # classification_service.cc
+            raise invalid("Missing ModelSpec")
+        loaded = self.core.get(*_model_spec(request.model_spec))
+
+        def work():
+            signature_name, result = classify.run_classify(
+                request,
+                loaded,
+                method_name_check=self.core.signature_method_name_check,
+                budget=self.budget,
+                max_example_bytes=self.max_example_bytes,
+            )
+            return classify.make_response(
+                request.model_spec.name, loaded, signature_name, result
+            )
+
+        return self.limiter.run(work, timeout_s=context.time_remaining())
+
+    def Classify(self, request, context):  # noqa: N802
+        return _call(self._classify, request, context)
+
     def _unimplemented(self, request, context):
         context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
-            "Classify, Regress and MultiInference are not supported; use Predict.",
+            "Regress and MultiInference are not supported; use Predict or Classify.",
         )
 
-    Classify = Regress = MultiInference = _unimplemented  # noqa: N815
+    Regress = MultiInference = _unimplemented  # noqa: N815
 
 
 class ModelServicer:
@@ -221,8 +251,9 @@ def make_grpc_server(
         maximum_concurrent_rpcs=4 * (max_concurrent + 4),
     )
     budget = ResponseBudget(max_response_bytes, "proto")
+    max_example_bytes = classify.EXAMPLE_BYTES_PER_BODY_BYTE * max_body_bytes
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, limiter, budget), server
+        PredictionServicer(core, limiter, budget, max_example_bytes), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(core), server

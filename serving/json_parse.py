@@ -8,7 +8,9 @@ numbers, a number beyond a double (`1e999`, a 400-digit integer) is
 "Number too big to be stored in double", a lone UTF-16 surrogate escape
 (`"\\ud800"`) is "The surrogate pair in string is invalid", and of
 duplicate keys the first counts (rapidjson's `FindMember` returns the
-first match).
+first match). Objects are `JsonObject`s: where a key repeats, `members(obj)`
+still gives every member in document order, for the readers that iterate
+over an object as json_tensor.cc does (a tf.Example's features).
 
 Where this is stricter than TF Serving, on purpose: the body must be UTF-8
 (RFC 8259; rapidjson would pass invalid bytes into a string tensor), JSON
@@ -52,10 +54,28 @@ def _parse_int(text):
     return int(text)
 
 
+class JsonObject(dict):
+    """A JSON object as `FindMember` reads it: the first of duplicate keys.
+
+    `pairs` is None, or every (key, value) in document order when a key
+    repeats (what iterating over a rapidjson object visits).
+    """
+
+    pairs = None
+
+
+def members(obj):
+    """Every (key, value) of a JSON object in document order, duplicates too."""
+    pairs = getattr(obj, "pairs", None)
+    return list(obj.items()) if pairs is None else list(pairs)
+
+
 def _first_key_wins(pairs):
-    obj = {}
+    obj = JsonObject()
     for key, value in pairs:
         obj.setdefault(key, value)
+    if len(obj) != len(pairs):
+        obj.pairs = pairs
     return obj
 
 

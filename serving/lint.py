@@ -6,7 +6,8 @@
   child process that never imports TensorFlow's Python package
   (`serving_op_registry`), so kernels that only the Python runtime registers
   (`EagerPyFunc`, `PyFunc`) do not count.
-- `signature_lint`: what TF Serving's REST API needs of the signatures.
+- `signature_lint`: what TF Serving's REST API needs of the signatures
+  (predict ones, and classify ones of the shape Classify runs).
 """
 
 import ctypes
@@ -17,6 +18,10 @@ import tempfile
 
 from . import c_api
 from .saved_model import (
+    CLASSIFY_INPUTS,
+    CLASSIFY_METHOD_NAME,
+    CLASSIFY_OUTPUT_CLASSES,
+    CLASSIFY_OUTPUT_SCORES,
     DEFAULT_SIGNATURE,
     INIT_OP_SIGNATURE,
     PREDICT_METHOD_NAME,
@@ -134,14 +139,75 @@ def disallowed_ops(export_dir):
 # --- Signature lint -------------------------------------------------------------
 
 
+def _tensor(key, info):
+    from tensorflow.core.framework import types_pb2
+
+    shape = info.tensor_shape
+    dims = "?" if shape.unknown_rank else ",".join(str(d.size) for d in shape.dim)
+    return f'"{key}" {types_pb2.DataType.Name(info.dtype)} [{dims}]'
+
+
+def classify_problems(where, signature):
+    """What keeps a classify-method signature from TF Serving's Classify
+    (`classifier.cc`: one DT_STRING input "inputs" of serialized tf.Examples,
+    outputs "classes" DT_STRING and/or "scores" DT_FLOAT, both
+    [batch, num_classes] and agreeing on num_classes)."""
+    from tensorflow.core.framework import types_pb2
+
+    problems = []
+    keep = f'or keep method_name "{PREDICT_METHOD_NAME}".'
+    inputs = signature.inputs
+    info = inputs.get(CLASSIFY_INPUTS)
+    if (
+        len(inputs) != 1
+        or info is None
+        or info.dtype != types_pb2.DT_STRING
+        or (not info.tensor_shape.unknown_rank and len(info.tensor_shape.dim) != 1)
+    ):
+        found = ", ".join(_tensor(k, v) for k, v in sorted(inputs.items())) or "none"
+        problems.append(
+            f'{where}: method_name is "{CLASSIFY_METHOD_NAME}", but Classify feeds '
+            f'one input "{CLASSIFY_INPUTS}" DT_STRING [-1] (serialized tf.Examples); '
+            f"it has {found}. Give it that input, {keep}"
+        )
+    outputs = signature.outputs
+    wanted = {CLASSIFY_OUTPUT_CLASSES: "DT_STRING", CLASSIFY_OUTPUT_SCORES: "DT_FLOAT"}
+    known = [key for key in wanted if key in outputs]
+    wrong = [
+        key
+        for key in known
+        if types_pb2.DataType.Name(outputs[key].dtype) != wanted[key]
+        or (
+            not outputs[key].tensor_shape.unknown_rank
+            and len(outputs[key].tensor_shape.dim) != 2
+        )
+    ]
+    widths = {
+        outputs[key].tensor_shape.dim[1].size
+        for key in known
+        if key not in wrong and not outputs[key].tensor_shape.unknown_rank
+    }
+    if not known or wrong or len(outputs) > 2 or len(widths - {-1}) > 1:
+        found = ", ".join(_tensor(k, v) for k, v in sorted(outputs.items())) or "none"
+        problems.append(
+            f'{where}: method_name is "{CLASSIFY_METHOD_NAME}", but Classify needs '
+            f'one or two outputs, "{CLASSIFY_OUTPUT_CLASSES}" DT_STRING and/or '
+            f'"{CLASSIFY_OUTPUT_SCORES}" DT_FLOAT, each [batch, num_classes] with '
+            f"the same num_classes; it has {found}. Give it those outputs, {keep}"
+        )
+    return problems
+
+
 def signature_lint(export_dir):
-    """Problems TF Serving's predict API would have with the signatures.
+    """Problems TF Serving's APIs would have with the signatures.
 
     Checks: a "serve" MetaGraph exists; "serving_default" is present; every
-    signature's method_name is "tensorflow/serving/predict"; every input and
-    output dtype is one the REST JSON codec reads (no bfloat16, half, ...);
-    every output has a batch dimension (rank >= 1, dim 0 unknown or equal to
-    the inputs' fixed batch size), which the row ("instances") format needs.
+    signature's method_name is "tensorflow/serving/predict", or
+    "tensorflow/serving/classify" with the shape Classify runs
+    (`classify_problems`); every input and output dtype is one the REST JSON
+    codec reads (no bfloat16, half, ...); every output has a batch dimension
+    (rank >= 1, dim 0 unknown or equal to the inputs' fixed batch size),
+    which the row ("instances") format needs.
 
     Returns:
         list of human-readable problem strings; empty when there are none.
@@ -163,10 +229,13 @@ def signature_lint(export_dir):
         if name == INIT_OP_SIGNATURE:
             continue
         where = f'Signature "{name}"'
-        if signature.method_name != PREDICT_METHOD_NAME:
+        if signature.method_name == CLASSIFY_METHOD_NAME:
+            problems += classify_problems(where, signature)
+        elif signature.method_name != PREDICT_METHOD_NAME:
             problems.append(
                 f'{where}: method_name is "{signature.method_name}", expected '
-                f'"{PREDICT_METHOD_NAME}".'
+                f'"{PREDICT_METHOD_NAME}" (or "{CLASSIFY_METHOD_NAME}" with the '
+                "shape Classify runs)."
             )
         tensors = [("input", k, v) for k, v in sorted(signature.inputs.items())]
         tensors += [("output", k, v) for k, v in sorted(signature.outputs.items())]

@@ -125,6 +125,8 @@ class ModelManager:
         allow_labels_for_unavailable: accept labels of versions that are not
             AVAILABLE (TF Serving's
             `--allow_version_labels_for_unavailable_models`).
+        signature_method_name_check: Classify (warmup records too) needs the
+            classify method name (`--enable_signature_method_name_check`).
     """
 
     def __init__(
@@ -135,12 +137,14 @@ class ModelManager:
         labels=None,
         enable_warmup=True,
         allow_labels_for_unavailable=False,
+        signature_method_name_check=False,
     ):
         self.name = name
         self.base_path = base_path
         self.policy = policy or VersionPolicy()
         self.enable_warmup = enable_warmup
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
+        self.signature_method_name_check = signature_method_name_check
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._loaded = {}  # version -> LoadedVersion (AVAILABLE)
@@ -171,7 +175,10 @@ class ModelManager:
         try:
             loaded = LoadedVersion(export_dir, version)
             if self.enable_warmup:
-                count = warmup.run_warmup(loaded)
+                count = warmup.run_warmup(
+                    loaded,
+                    signature_method_name_check=self.signature_method_name_check,
+                )
                 logger.info("%s %d: %d warmup records.", self.name, version, count)
         except ServingError as error:
             failure = (error.code, clean_message(error.message))
@@ -322,6 +329,11 @@ class ServerCore:
         self.config_poll_s = config_poll_s
         self._stop = threading.Event()
         self._threads = []
+
+    @property
+    def signature_method_name_check(self):
+        """Whether Classify checks method names (the managers' option)."""
+        return any(m.signature_method_name_check for m in self.models.values())
 
     def start_polling(self):
         if self._threads:

@@ -111,22 +111,28 @@ class ResponseBudget:
         self.max_bytes = max_bytes
         self.encoding = encoding
 
-    def _check(self, sizes, loaded, when):
+    def check_sizes(self, sizes, loaded, when, advice=None, kind=None):
+        """INVALID_ARGUMENT if `sizes`, [(bytes, name, shape, dtype)], add up
+        to more than the budget; `when` says what was spared, `advice` what
+        to change (default: a predict request's), `kind` what was counted."""
         total = sum(size for size, *_ in sizes) + _OVERHEAD
         if self.max_bytes is None or total <= self.max_bytes:
             return
-        kind = "JSON" if self.encoding == "json" else "TensorProto data"
-        hint = ""
-        if loaded is not None and "next_token" in loaded.signature_defs:
-            hint = (
-                " The `next_token` signature answers each row's next token and "
-                "top log-probabilities instead of every logit."
+        if kind is None:
+            kind = "JSON" if self.encoding == "json" else "TensorProto data"
+        if advice is None:
+            advice = (
+                "Send fewer rows or tokens, or use a signature with smaller outputs."
             )
+            if loaded is not None and "next_token" in loaded.signature_defs:
+                advice += (
+                    " The `next_token` signature answers each row's next token and "
+                    "top log-probabilities instead of every logit."
+                )
         raise invalid(
             f"The response would take up to {total} bytes of {kind} "
             f"({_describe(sizes)}), over this server's limit of {self.max_bytes} "
-            f"bytes (--max_response_bytes); {when} Send fewer rows or tokens, "
-            f"or use a signature with smaller outputs.{hint}"
+            f"bytes (--max_response_bytes); {when} {advice}"
         )
 
     def check_before_run(
@@ -160,11 +166,11 @@ class ResponseBudget:
             dtype = tf.as_dtype(info.dtype).name
             size = _size(name, shape, dtype, self.encoding, row_format)
             sizes.append((size, name, shape, dtype))
-        self._check(sizes, loaded, "the request was not run.")
+        self.check_sizes(sizes, loaded, "the request was not run.")
 
     def check_outputs(self, outputs, loaded=None, row_format=False):
         """INVALID_ARGUMENT if these outputs (numpy arrays) do not fit."""
-        self._check(
+        self.check_sizes(
             self._output_sizes(outputs, row_format), loaded, "nothing was encoded."
         )
 

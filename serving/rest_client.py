@@ -1,4 +1,5 @@
-"""`RestClient`: TF Serving's REST API, columnar `inputs` format.
+"""`RestClient`: TF Serving's REST API, columnar `inputs` format, and
+`:classify`.
 
 Strings go as JSON strings when they are UTF-8 and as `{"b64": ...}`
 otherwise; outputs come back as numpy arrays of the signature's dtypes.
@@ -11,7 +12,13 @@ import urllib.request
 
 import numpy as np
 
-from .client_base import NUMPY_DTYPES, BaseClient, ServingClientError, to_bytes
+from .client_base import (
+    NUMPY_DTYPES,
+    BaseClient,
+    ServingClientError,
+    classification_arrays,
+    to_bytes,
+)
 
 
 def json_value(array):
@@ -92,6 +99,15 @@ class RestClient(BaseClient):
             name: _from_json(value, specs.get(name, {}).get("dtype"))
             for name, value in outputs.items()
         }
+
+    def _classify(self, examples, context, signature_name):
+        body = {"examples": examples}
+        if signature_name:
+            body["signature_name"] = signature_name
+        if context is not None:
+            body["context"] = context
+        results = self._request("POST", self._model_path() + ":classify", body)
+        return classification_arrays(results["results"])
 
     def status(self):
         """The model status JSON (`model_version_status`)."""

@@ -18,6 +18,13 @@ from .status import ServingError
 
 SERVE_TAG = "serve"
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+# TF Serving's signature_constants (as tf_switch.signature_methods, which
+# these child-process-safe modules do not import).
+CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
+REGRESS_METHOD_NAME = "tensorflow/serving/regress"
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_OUTPUT_CLASSES = "classes"
+CLASSIFY_OUTPUT_SCORES = "scores"
 DEFAULT_SIGNATURE = "serving_default"
 # TF2 SavedModels keep their init op under this key; TF Serving hides it.
 INIT_OP_SIGNATURE = "__saved_model_init_op"

@@ -6,6 +6,12 @@ policies and labels; see `serving.flags`) at
 
 - `POST /v1/models/NAME[/versions/N | /labels/L]:predict` (row `instances` or
   columnar `inputs` format, `{"b64": ...}` strings, `_bytes` outputs as b64),
+- `POST /v1/models/NAME[/versions/N | /labels/L]:classify` (`examples` as
+  JSON objects of tf.Example features, an optional `context`; answers
+  `{"results": [[[label, score], ...], ...]}`; `serving.json_classify`,
+  `serving.classify`); `:regress` is UNIMPLEMENTED (501), and a verb in
+  another case (`:Predict`) is a 400 "Malformed request", as TF Serving
+  compares the verb exactly,
 - `GET /v1/models/NAME[/versions/N | /labels/L]` (model status: every version
   the server has seen, newest first; like TF Serving, a label is not resolved
   for the status, see `serving.models.ServerCore.status`),
@@ -22,10 +28,12 @@ Limits (docs/serving.md lists them next to TF Serving's): binds 127.0.0.1;
 request bodies up to `--max_body_bytes` (1 MiB; 413, read and discarded so
 the client sees it; framing per `serving.http_body`); answers up to
 `--max_response_bytes` (16 MiB of JSON, checked before running and before
-encoding, `serving.responses`); at most `--max_concurrent` predictions (8;
-503 "server busy"), each parsed, run and encoded within its slot and
-`--request_timeout_s` (30 s; 504); at most `--max_connections` open
-connections (64; 503 beyond, `serving.connections`), each closed after
+encoding, `serving.responses`); a classify request's examples up to 16
+times the body limit once its context is merged into each
+(`serving.classify`); at most `--max_concurrent` predictions and
+classifications (8; 503 "server busy"), each parsed, run and encoded within
+its slot and `--request_timeout_s` (30 s; 504); at most `--max_connections`
+open connections (64; 503 beyond, `serving.connections`), each closed after
 `--idle_timeout_s` (50 s, libevent's) without a byte. Versions are loaded,
 warmed up and swapped as `serving.models` describes; requests in flight
 keep the version they started with.
@@ -44,7 +52,7 @@ import socket
 import sys
 import urllib.parse
 
-from . import flags, http_body
+from . import classify, flags, http_body
 from .connections import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
@@ -52,6 +60,7 @@ from .connections import (
     Refuser,
     busy_response,
 )
+from .json_classify import classification_pieces, parse_classify
 from .json_codec import metadata_json, parse_predict, status_json
 from .limits import (
     DEFAULT_MAX_CONCURRENT,
@@ -187,7 +196,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             match = _PREDICT_RE.fullmatch(path)
             if match:
                 name, version, label, verb = match.groups()
-                self._predict(*_decoded(name, version, label), verb, body)
+                self._post(*_decoded(name, version, label), verb, body)
                 return
         elif method == "GET":
             match = _STATUS_RE.fullmatch(path)
@@ -202,13 +211,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # http_rest_api_handler.cc: anything else under /v1/ is a 400.
         raise invalid(f"Malformed request: {method} {path}")
 
-    def _predict(self, name, version, label, verb, body):
-        if verb.lower() != "predict":
-            if verb.lower() in ("classify", "regress"):
-                raise ServingError(
-                    "UNIMPLEMENTED", f"{verb} is not supported; use :predict."
-                )
+    def _post(self, name, version, label, verb, body):
+        # http_rest_api_handler.cc compares the verb as written: ":Predict"
+        # passes the case-insensitive path regex, then no verb matches.
+        if verb == "predict":
+            self._predict(name, version, label, body)
+        elif verb == "classify":
+            self._classify(name, version, label, body)
+        elif verb == "regress":
+            raise ServingError(
+                "UNIMPLEMENTED", "regress is not supported; use :predict or :classify."
+            )
+        else:
             raise invalid(f"Malformed request: POST {self._path()}")
+
+    def _classify(self, name, version, label, body):
+        server = self.server
+
+        def work():  # as ProcessClassifyRequest: the JSON first, then the model
+            request = parse_classify(body)
+            request.model_spec.name = name
+            loaded = server.core.get(name, version, label)
+            _, result = classify.run_classify(
+                request,
+                loaded,
+                method_name_check=server.core.signature_method_name_check,
+                budget=server.budget,
+                max_example_bytes=server.max_example_bytes,
+            )
+            return classification_pieces(result)
+
+        self._send_pieces(200, server.limiter.run(work))
+
+    def _predict(self, name, version, label, body):
         loaded = self.server.core.get(name, version, label)
         budget = self.server.budget
 
@@ -257,6 +292,7 @@ class ModelServer(http.server.ThreadingHTTPServer):
         self.core = core
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        self.max_example_bytes = classify.EXAMPLE_BYTES_PER_BODY_BYTE * max_body_bytes
         self.budget = ResponseBudget(max_response_bytes, "json")
         self.connections = ConnectionCap(max_connections)
         self.refuser = Refuser(busy_response(max_connections))

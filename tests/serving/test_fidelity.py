@@ -296,18 +296,82 @@ def test_lint_flags_bfloat16_scalar_and_missing_default(tmp_path):
     assert fidelity.main(["check", str(export_dir)]) == 1
 
 
-def test_lint_flags_a_non_predict_method_name(tmp_path, ids_export):
+def _with_method(ids_export, directory, method):
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString((ids_export / "saved_model.pb").read_bytes())
     signature = saved_model.meta_graphs[0].signature_def["serving_default"]
-    signature.method_name = "tensorflow/serving/classify"
-    (tmp_path / "saved_model.pb").write_bytes(saved_model.SerializeToString())
-    problems = fidelity.signature_lint(tmp_path)
-    assert problems == [
+    signature.method_name = method
+    (directory / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    return directory
+
+
+def test_lint_flags_a_non_predict_method_name(tmp_path, ids_export):
+    _with_method(ids_export, tmp_path, "tensorflow/serving/regress")
+    assert fidelity.signature_lint(tmp_path) == [
         'Signature "serving_default": method_name is '
-        '"tensorflow/serving/classify", expected "tensorflow/serving/predict".'
+        '"tensorflow/serving/regress", expected "tensorflow/serving/predict" (or '
+        '"tensorflow/serving/classify" with the shape Classify runs).'
+    ]
+
+
+def test_lint_flags_a_classify_method_name_without_the_classify_shape(
+    tmp_path, ids_export
+):
+    _with_method(ids_export, tmp_path, "tensorflow/serving/classify")
+    where = 'Signature "serving_default": method_name is "tensorflow/serving/classify"'
+    assert fidelity.signature_lint(tmp_path) == [
+        f'{where}, but Classify feeds one input "inputs" DT_STRING [-1] (serialized '
+        'tf.Examples); it has "token_ids" DT_INT32 [-1,-1]. Give it that input, or '
+        'keep method_name "tensorflow/serving/predict".',
+        f'{where}, but Classify needs one or two outputs, "classes" DT_STRING '
+        'and/or "scores" DT_FLOAT, each [batch, num_classes] with the same '
+        'num_classes; it has "embeddings" DT_FLOAT [-1,-1,4], "lengths" DT_INT32 '
+        "[-1]. Give it those outputs, or keep method_name "
+        '"tensorflow/serving/predict".',
+    ]
+
+
+@pytest.fixture(scope="module")
+def classify_export(tmp_path_factory):
+    from tests.serving.classify_models import save_classifier
+
+    return save_classifier(tmp_path_factory.mktemp("classify") / "1")
+
+
+def test_classify_signature_matches_saved_model_load(run_signature, classify_export):
+    from tests.serving.classify_models import serialized
+
+    context = serialized(color=[b"blue"], x=[0.25])
+    examples = np.empty(3, dtype=object)
+    # TF Serving's ExampleListWithContext: the context's bytes, then the example's.
+    examples[:] = [
+        serialized(x=[1.5], tags=[b"a", b"\x00b"]),
+        context + serialized(n=[3]),
+        b"",
+    ]
+    inputs = {"inputs": examples}
+    actual = run_signature(classify_export, "classify", inputs)
+    expected = _reference(classify_export, "classify", inputs)
+    _assert_same_outputs(actual, expected)
+    assert actual["classes"][1, 0] == b"blue"
+    np.testing.assert_array_equal(actual["scores"][1], [0.25, 3.0, 0.0])
+
+
+def test_lint_accepts_classify_signatures_of_the_classify_shape(classify_export):
+    problems = fidelity.signature_lint(classify_export)
+    flagged = sorted(problem.split('"')[1] for problem in problems)
+    # classifier.cc refuses each of these (test_classify.py); the rest serve.
+    assert flagged == [
+        "double_scores",
+        "int_classes",
+        "int_inputs",
+        "mismatch",
+        "no_class_outputs",
+        "rank1_scores",
+        "three_outputs",
+        "two_inputs",
     ]
 
 

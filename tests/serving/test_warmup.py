@@ -79,10 +79,18 @@ def test_at_most_1000_records(tmp_path):
         ),
         (
             prediction_log_pb2.PredictionLog(
-                classify_log=prediction_log_pb2.ClassifyLog()
+                predict_streamed_log=prediction_log_pb2.PredictStreamedLog()
             ),
             "UNIMPLEMENTED",
-            "classify_log",
+            "Unsupported log_type for warmup: 7",
+        ),
+        (
+            # Classify records run (test_classify.py); Regress is not here.
+            prediction_log_pb2.PredictionLog(
+                regress_log=prediction_log_pb2.RegressLog()
+            ),
+            "UNIMPLEMENTED",
+            "regress_log",
         ),
     ],
 )
@@ -109,7 +117,7 @@ def test_warmup_runs_before_the_version_is_available(exported, tmp_path, monkeyp
     manager = ModelManager(NAME, str(tmp_path), enable_warmup=False)
     seen = []
 
-    def spy(loaded):
+    def spy(loaded, **options):
         # While version 2 warms up, it is LOADING and requests get version 1.
         seen.append((loaded.version, manager.status(), manager.get().version))
         return 0
