@@ -114,8 +114,10 @@ class ImageInput:
         return np.zeros((1, *model.image_size, model.channels), np.float32)
 
 
-def _route(model, inputs, padding_mask):
-    """Each Switch layer's expert and probability per token, stacked last."""
+def route_tokens(model, inputs, padding_mask=None):
+    """Each Switch layer's expert (-1: dropped or padding) and router
+    probability per token of a `SwitchEncoder` or `SwitchViT`, stacked on a
+    last axis: `([batch, tokens, layers], [batch, tokens, layers])`."""
     block_input = model.get_layer("block_0").input
     if isinstance(block_input, list):  # [hidden, padding_mask] in an encoder
         block_input = block_input[0]
@@ -186,7 +188,7 @@ class ClassifierModule(tf.Module):
         padding_mask = None
         if isinstance(self.model_input, TextInput):
             padding_mask = tf.not_equal(inputs, self.model.padding_id)
-        expert, probability = _route(self.model, inputs, padding_mask)
+        expert, probability = route_tokens(self.model, inputs, padding_mask)
         outputs = {"expert": expert, "probability": probability}
         if padding_mask is not None:
             outputs["token_ids"] = inputs
