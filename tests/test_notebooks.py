@@ -21,7 +21,7 @@ import pytest
 from tests.training.synthetic import synthetic_text
 
 COLAB = Path(__file__).resolve().parent.parent / "colab"
-NOTEBOOKS = ("train_on_tpu", "serve_and_query", "explore_routing")
+NOTEBOOKS = ("train_on_tpu", "serve_and_query", "explore_routing", "vision_experts")
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 COLAB_URL = (
     "https://colab.research.google.com/github/tf-switch/tf-switch/blob/main/colab/"
@@ -61,11 +61,20 @@ EXPLORE_TINY = {
     "QUALITY_CAPACITY_FACTORS": [0.5, 1.25, None],
     "BALANCE_WEIGHTS": [0.01, 0.1],
 }
+VISION_TINY = {
+    "EPOCHS": 2,
+    "BATCH_SIZE": 16,
+    "MADE_UP_IMAGES_PER_CLASS": 6,
+    "PRESET_CHANGES": {"hidden_dim": 16, "intermediate_dim": 32, "num_layers": 2},
+    "SHOW_IMAGES": 3,
+    "CAPACITY_FACTORS": [0.25, 1.0],
+}
 # Parameters each test sets besides its tiny ones (paths, INSTALL).
 TEST_PARAMETERS = {
     "train_on_tpu": {"INSTALL", "OUTPUT", "DATA", *TRAIN_TINY},
     "serve_and_query": {"INSTALL", "RUN_DIR", *SERVE_TINY},
     "explore_routing": {"INSTALL", "OUTPUT", *EXPLORE_TINY},
+    "vision_experts": {"INSTALL", "OUTPUT", *VISION_TINY},
 }
 
 
@@ -287,3 +296,28 @@ def test_explore_routing_runs_its_experiments(tmp_path):
         for epoch in zip(*shares, strict=True):
             assert sum(epoch) == pytest.approx(1.0, abs=1e-4)
     assert sorted(results["jitter"]) == ["0.0", "0.1"]
+
+
+@pytest.mark.slow
+def test_vision_experts_trains_draws_patches_and_skips_them(tmp_path):
+    output = tmp_path / "vision"
+    notebook = _execute(
+        "vision_experts", tmp_path, {"OUTPUT": str(output), **VISION_TINY}
+    )
+    text, images = _outputs(notebook)
+    assert "No TPU found: training on the CPU/GPU instead." in text
+    for picture in ("expert_patches.png", "capacity.png", "loss.png"):
+        assert (output / picture).stat().st_size > 0, picture
+    assert images == 2
+    results = json.loads((output / "vision_results.json").read_text())
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+    experts = results["experts"]  # [images, patches, Switch layers]
+    assert len(experts) == VISION_TINY["SHOW_IMAGES"]
+    # vit-tiny with 2 blocks: one Switch layer of 8 experts; served dropless.
+    assert all(len(patch) == 1 and 0 <= patch[0] < 8 for e in experts for patch in e)
+    assert len(experts[0]) == 49
+    for points in results["capacity"].values():
+        routed = [point["routed"] for point in points]
+        # Capacity 0.25 routes at most ceil(0.25 * 49 / 8) = 2 of 49 patches
+        # per expert; 1.0 routes more.
+        assert routed[0] <= 8 * 2 / 49 + 1e-6 and routed[0] < routed[1]
