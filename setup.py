@@ -64,6 +64,7 @@ setup(
         "console_scripts": [
             "tf-switch-train = tf_switch_training.train:main",
             "tf-switch-prune = tf_switch_training.prune:main",
+            "tf-switch-classify = tf_switch_training.classify:main",
             "tf-switch-export = tf_switch_serving.export:main",
             "tf-switch-server = tf_switch_serving.server:main",
             "tf-switch-grpc-server = tf_switch_serving.grpc_server:main",
