@@ -98,8 +98,8 @@ def capacity_ablation(args, seed):
     import tensorflow as tf
 
     import tf_switch  # noqa: F401  (registers the model classes)
-    from tf_switch.classifier_export import route_tokens
     from tf_switch.models.decoding import inference_model
+    from tf_switch.models.routes import route_tokens
     from training.digits import load_digits
 
     model = keras.saving.load_model(

@@ -41,6 +41,7 @@ import tensorflow as tf
 from tf_switch import text
 from tf_switch.export import next_version
 from tf_switch.models.decoding import inference_model
+from tf_switch.models.routes import route_tokens
 from tf_switch.signature_methods import CLASSIFY_METHOD_NAME, set_method_names
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -112,29 +113,6 @@ class ImageInput:
 
     def warmup_value(self, model):
         return np.zeros((1, *model.image_size, model.channels), np.float32)
-
-
-def route_tokens(model, inputs, padding_mask=None):
-    """Each Switch layer's expert (-1: dropped or padding) and router
-    probability per token of a `SwitchEncoder` or `SwitchViT`, stacked on a
-    last axis: `([batch, tokens, layers], [batch, tokens, layers])`."""
-    block_input = model.get_layer("block_0").input
-    if isinstance(block_input, list):  # [hidden, padding_mask] in an encoder
-        block_input = block_input[0]
-    hidden = keras.Model(model.input, block_input)(inputs, training=False)
-    experts, probabilities = [], []
-    for index in range(model.config.num_layers):
-        block = model.get_layer(f"block_{index}")
-        hidden, stats = block(
-            hidden,
-            padding_mask=padding_mask,
-            training=False,
-            return_router_stats=True,
-        )
-        if stats is not None:
-            experts.append(stats["token_expert"])
-            probabilities.append(stats["token_probability"])
-    return tf.stack(experts, axis=-1), tf.stack(probabilities, axis=-1)
 
 
 class ClassifierModule(tf.Module):

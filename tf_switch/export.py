@@ -54,6 +54,7 @@ import tensorflow as tf
 from tf_switch import text
 from tf_switch.models.decoding import CachedDecoder, inference_model
 from tf_switch.models.generation import generate_tokens
+from tf_switch.models.routes import route_tokens
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 NEXT_TOKEN_TOP_K = 10  # `next_token`'s top_tokens / top_log_probs per row
@@ -63,23 +64,6 @@ def serving_model(model):
     """A float32 copy of a `SwitchLanguageModel` that routes per sequence,
     dropless: `tf_switch.models.decoding.inference_model`."""
     return inference_model(model)
-
-
-def _route_tokens(model, token_ids):
-    """Runs `model`'s embedding and blocks on `token_ids`, returning each
-    Switch layer's per-token expert and probability, stacked on a last axis."""
-    hidden = model.get_layer("token_embedding")(token_ids)
-    hidden = model.get_layer("position_embedding")(hidden)
-    experts, probabilities = [], []
-    for index in range(model.config.num_layers):
-        block = model.get_layer(f"block_{index}")
-        hidden, stats = block(hidden, training=False, return_router_stats=True)
-        if stats is not None:
-            experts.append(stats["token_expert"])
-            probabilities.append(stats["token_probability"])
-    if not experts:
-        raise ValueError("The model has no Switch layer: there is no routing to show.")
-    return tf.stack(experts, axis=-1), tf.stack(probabilities, axis=-1)
 
 
 class ServingModule(tf.Module):
@@ -149,7 +133,7 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids")])
     def route(self, token_ids):
         length = tf.shape(token_ids)[1]
-        expert, probability = _route_tokens(self.model, self._checked_padded(token_ids))
+        expert, probability = route_tokens(self.model, self._checked_padded(token_ids))
         return {"expert": expert[:, :length], "probability": probability[:, :length]}
 
     @tf.function(
