@@ -32,14 +32,13 @@ whose feature is missing or of the wrong size is refused by the parser.
 """
 
 import os
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_switch import text
-from tf_switch.export import next_version
+from tf_switch.export import new_version_dirs
 from tf_switch.models.decoding import inference_model
 from tf_switch.models.routes import route_tokens
 from tf_switch.signature_methods import CLASSIFY_METHOD_NAME, set_method_names
@@ -213,17 +212,8 @@ def export_classifier(
         The version directory, written to a temporary directory beside it and
         renamed into place.
     """
-    model_dir = os.path.join(base_dir, model_name)
-    os.makedirs(model_dir, exist_ok=True)
-    version = version or next_version(model_dir)
-    final_dir = os.path.join(model_dir, str(version))
-    if os.path.exists(final_dir):
-        raise FileExistsError(
-            f"{final_dir} exists; TF Serving versions are immutable. Pass another "
-            "version, or none for the next free one."
-        )
+    final_dir, temporary = new_version_dirs(base_dir, model_name, version)
     module = ClassifierModule(model, model_input, labels)
-    temporary = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
     archive = keras.export.ExportArchive()  # see tf_switch.export
     archive.track(module.model)
     if isinstance(model_input, TextInput):

@@ -236,6 +236,29 @@ def next_version(model_dir):
     return max(versions, default=0) + 1
 
 
+def new_version_dirs(base_dir, model_name, version=None):
+    """`(final, temporary)` directories of a new version of `model_name`.
+
+    The export is written to `temporary` (beside `final`, on the same file
+    system) and renamed to `final`, so TF Serving, which polls the base
+    path, never sees a half-written version.
+
+    Raises:
+        FileExistsError: the version exists (TF Serving versions are
+            immutable).
+    """
+    model_dir = os.path.join(base_dir, model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    version = version or next_version(model_dir)
+    final_dir = os.path.join(model_dir, str(version))
+    if os.path.exists(final_dir):
+        raise FileExistsError(
+            f"{final_dir} exists; TF Serving versions are immutable. Pass another "
+            "version, or none for the next free one."
+        )
+    return final_dir, tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
+
+
 def _write_warmup_requests(export_dir, model_name, sequence_length, signatures):
     """`assets.extra/tf_serving_warmup_requests`: PredictionLog records that TF
     Serving replays at load time, so the first real request is not slow.
@@ -279,17 +302,8 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
     Returns:
         The version directory.
     """
-    model_dir = os.path.join(base_dir, model_name)
-    os.makedirs(model_dir, exist_ok=True)
-    version = version or next_version(model_dir)
-    final_dir = os.path.join(model_dir, str(version))
-    if os.path.exists(final_dir):
-        raise FileExistsError(
-            f"{final_dir} exists; TF Serving versions are immutable. Pass another "
-            "version, or none for the next free one."
-        )
+    final_dir, temporary = new_version_dirs(base_dir, model_name, version)
     module = ServingModule(model, tokenizer)
-    temporary = tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
     # Keras' ExportArchive tracks the model's variables the way the TF1
     # loader (TF Serving's) restores them; a plain tf.saved_model.save of a
     # module holding a Keras 3 model does not.

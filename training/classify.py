@@ -9,10 +9,10 @@ The language model's sibling: the same strategies (`--strategy`,
 `--cpu-devices`), precision policy, crash-safe backups (rerun the same
 command to resume), concise progress bar, TensorBoard, `history.csv`, loss
 and expert-load plots. Writes to --output (default `runs/<task>`):
-`model.keras`, `vocab.txt` (genre), `serving/<task>/<version>/` (a SavedModel
-with `serving_default` predict, `classify` for TF Serving's `:classify` and
-`route`: `tf_switch.classifier_export`) and `results.json` (test accuracy,
-parameters, FLOPs per token).
+`model.keras`, `labels.txt`, `vocab.txt` (genre), `serving/<task>/<version>/`
+(a SavedModel with `serving_default` predict, `classify` for TF Serving's
+`:classify` and `route`: `tf_switch.classifier_export`) and `results.json`
+(test accuracy, parameters, FLOPs per token).
 """
 
 import dataclasses
@@ -239,6 +239,8 @@ def train_classifier(config, data=None, strategy=None):
     if not chief:
         return model, results
     model.save(os.path.join(output, "model.keras"))
+    with open(os.path.join(output, "labels.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(f"{label}\n" for label in data.labels))
     results["export"] = export_classifier(
         model,
         model_input,

@@ -192,3 +192,20 @@ def serialized(**features):
             )
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString()
+
+
+def image_examples(images):
+    """Serialized tf.Examples of images, as a classifier export's `classify`
+    takes them: one float list `pixels` per image, row-major."""
+    return [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "pixels": tf.train.Feature(
+                        float_list=tf.train.FloatList(value=image.ravel())
+                    )
+                }
+            )
+        ).SerializeToString()
+        for image in images
+    ]

@@ -11,6 +11,7 @@ import tensorflow as tf
 from serving import fidelity, flags
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_server import make_grpc_server
+from tests.serving.classify_models import image_examples
 from tests.serving.rest import request
 from tests.serving.rest_server import start_server, stop_server
 from tf_switch import text
@@ -92,21 +93,7 @@ def test_signatures_pass_the_lint_and_the_op_allow_list(exports):
 def test_tf1_and_c_api_runs_match_tf2(exports):
     _, paths = exports
     images = _images()
-    examples = np.array(
-        [
-            tf.train.Example(
-                features=tf.train.Features(
-                    feature={
-                        "pixels": tf.train.Feature(
-                            float_list=tf.train.FloatList(value=image.ravel())
-                        )
-                    }
-                )
-            ).SerializeToString()
-            for image in images
-        ],
-        dtype=object,
-    )
+    examples = np.array(image_examples(images), dtype=object)
     expected = _direct(paths["digits"], "classify", inputs=tf.constant(examples))
     for run in (fidelity.run_signature_tf1, fidelity.run_signature_c_api):
         got = run(paths["digits"], "classify", {"inputs": examples})
@@ -169,3 +156,17 @@ def test_bad_inputs_are_400s_that_say_what_was_expected(servers):
         digits.predict({"pixels": _images(1) * 255})
     with pytest.raises(ServingClientError, match="pixels"):
         digits.classify([{"pixels": [0.5] * 10}])  # not 28*28 values
+
+
+def test_export_command_line_exports_a_classifier_with_its_labels(tmp_path):
+    from serving import export as export_cli
+
+    model = SwitchViT(get_preset("vit-tiny", **SMALL), num_classes=3)
+    model.save(tmp_path / "model.keras")
+    flags = ["--model", str(tmp_path / "model.keras"), "--base-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="needs its class names"):
+        export_cli.main([*flags, "--name", "first"])
+    (tmp_path / "labels.txt").write_text("cat\ndog\nowl\n")
+    path = export_cli.main([*flags, "--name", "vit"])
+    outputs = _direct(path, "classify", inputs=tf.constant(image_examples(_images(1))))
+    assert outputs["classes"].tolist() == [[b"cat", b"dog", b"owl"]]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.serving.classify_models import image_examples
 from tf_switch.models import PRESETS, get_preset
 from tf_switch.models.decoding import inference_model
 from training.classify import main, train_classifier
@@ -81,18 +82,7 @@ def test_digits_job_trains_saves_and_exports(tmp_path, small_presets):
     outputs = served.signatures["serving_default"](pixels=tf.constant(images))
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)
     assert set(outputs["label"].numpy()) <= {b"first", b"second"}
-    examples = [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={
-                    "pixels": tf.train.Feature(
-                        float_list=tf.train.FloatList(value=image.ravel())
-                    )
-                }
-            )
-        ).SerializeToString()
-        for image in images
-    ]
+    examples = image_examples(images)
     classified = served.signatures["classify"](inputs=tf.constant(examples))
     np.testing.assert_allclose(classified["scores"], expected, atol=1e-5)
     assert classified["classes"].numpy()[0].tolist() == [b"first", b"second"]
