@@ -1,6 +1,7 @@
 """Shared test set-up: quiet TensorFlow, a small Hypothesis profile, a clean
 dtype policy for every test."""
 
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,3 +26,14 @@ def float32_policy():
     keras.mixed_precision.set_global_policy("float32")
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def collect_garbage_between_modules():
+    """Collects a module's cyclic garbage (loaded SavedModels, lookup tables,
+    servers) when the module ends, not whenever a later module's allocation
+    triggers the collector: a CI worker once aborted ("Fatal Python error:
+    Aborted", while garbage-collecting) inside tests/test_text.py's first
+    tf.function trace, after other modules had run in that worker."""
+    yield
+    gc.collect()
