@@ -38,12 +38,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_switch import text
-from tf_switch.export import new_version_dirs
+from tf_switch.export import new_version_dirs, write_warmup_requests
 from tf_switch.models.decoding import inference_model
 from tf_switch.models.routes import route_tokens
 from tf_switch.signature_methods import CLASSIFY_METHOD_NAME, set_method_names
-
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 class TextInput:
@@ -172,27 +170,6 @@ class ClassifierModule(tf.Module):
         return outputs
 
 
-def _write_warmup_requests(export_dir, model_name, module, signatures):
-    """One PredictionLog per predict signature, replayed by TF Serving at load."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    path = os.path.join(export_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    value = module.model_input.warmup_value(module.model)
-    with tf.io.TFRecordWriter(path) as writer:
-        for signature in signatures:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature
-            request.inputs[module.model_input.name].CopyFrom(
-                tf.make_tensor_proto(value)
-            )
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
-            writer.write(log.SerializeToString())
-
-
 def export_classifier(
     model, model_input, labels, base_dir, model_name="classifier", version=None
 ):
@@ -226,6 +203,7 @@ def export_classifier(
     archive.write_out(temporary, verbose=False)
     set_method_names(temporary, {"classify": CLASSIFY_METHOD_NAME})
     predict_signatures = [name for name in endpoints if name != "classify"]
-    _write_warmup_requests(temporary, model_name, module, predict_signatures)
+    warmup = {model_input.name: model_input.warmup_value(module.model)}
+    write_warmup_requests(temporary, model_name, predict_signatures, warmup)
     os.rename(temporary, final_dir)
     return final_dir

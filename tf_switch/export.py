@@ -259,12 +259,13 @@ def new_version_dirs(base_dir, model_name, version=None):
     return final_dir, tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir)
 
 
-def _write_warmup_requests(export_dir, model_name, sequence_length, signatures):
+def write_warmup_requests(export_dir, model_name, signatures, inputs):
     """`assets.extra/tf_serving_warmup_requests`: PredictionLog records that TF
     Serving replays at load time, so the first real request is not slow.
 
-    One record per `token_ids` signature in `signatures`; a record for a
-    signature the export lacks would make TF Serving refuse the version."""
+    One record per signature in `signatures`, each with the same `inputs`
+    ({name: numpy array}); a record for a signature the export lacks would
+    make TF Serving refuse the version."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     path = os.path.join(export_dir, WARMUP_FILE)
@@ -274,8 +275,8 @@ def _write_warmup_requests(export_dir, model_name, sequence_length, signatures):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = signature
-            ids = np.full((1, sequence_length), text.BOS_ID, np.int32)
-            request.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)
             )
@@ -322,8 +323,7 @@ def export_for_serving(model, tokenizer, base_dir, model_name="switch", version=
         archive.add_endpoint(name, function)
     archive.write_out(temporary, verbose=False)
     token_signatures = [name for name in endpoints if name != "generate"]
-    _write_warmup_requests(
-        temporary, model_name, module.sequence_length, token_signatures
-    )
+    ids = np.full((1, module.sequence_length), text.BOS_ID, np.int32)
+    write_warmup_requests(temporary, model_name, token_signatures, {"token_ids": ids})
     os.rename(temporary, final_dir)
     return final_dir

@@ -29,6 +29,7 @@ from serving.grpc_server import make_grpc_server
 from serving.json_classify import classification_pieces, float32_text, parse_classify
 from serving.status import ServingError
 from tests.serving.classify_models import WIDE_CLASSES, save_classifier, serialized
+from tests.serving.grpc_requests import fill_model_spec
 from tests.serving.rest import TIMEOUT, request
 from tests.serving.rest_server import start_server, stop_server
 
@@ -115,12 +116,7 @@ def _post(rest, body, path=PATH, raw=None):
 def _grpc_request(examples, context=None, signature="", version=None, label=None):
     """A ClassificationRequest of serialized examples (and context)."""
     req = classification_pb2.ClassificationRequest()
-    req.model_spec.name = MODEL
-    req.model_spec.signature_name = signature
-    if version is not None:
-        req.model_spec.version.value = version
-    if label is not None:
-        req.model_spec.version_label = label
+    fill_model_spec(req.model_spec, MODEL, signature, version, label)
     if context is None:
         target = req.input.example_list.examples
     else:
